@@ -1,0 +1,1 @@
+"""One blueprint per endpoint; `BLUEPRINTS` lists them for the factory."""

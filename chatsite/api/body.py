@@ -1,0 +1,34 @@
+"""Read a request body: JSON object, then the token, then the schema."""
+
+from typing import Any
+
+import orjson
+from flask import request
+from marshmallow import Schema
+
+from ..errors import ApiError
+from ..site import current_site
+
+
+def json_object() -> dict[str, Any]:
+    """Parse the body as a JSON object, or raise a 400."""
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "body must be valid UTF-8 JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
+    """Return the signed-in user's uuid and the validated body.
+
+    The token is checked before anything else in the body, so a bad token is a 401
+    whatever else is wrong.
+    """
+    body = json_object()
+    site = current_site()
+    user_id = site.tokens.user_id(body.get("token"))
+    return user_id, schema(limits=site.limits).load(body)

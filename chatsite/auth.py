@@ -1,0 +1,123 @@
+"""Sign-in: verify the site's JWT and turn its `sub` into the user's uuid."""
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import jwt
+from flask import Flask
+
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+HMAC_ALGORITHMS = {"HS256", "HS384", "HS512"}
+ASYMMETRIC_ALGORITHMS = {
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+}
+MIN_SECRET_BYTES = 32
+MAX_TOKEN_CHARS = 8192
+
+
+class ConfigError(RuntimeError):
+    """The sign-in configuration is unsafe or incomplete; the app must not start."""
+
+
+class TokenVerifier:
+    """Verify tokens with pinned algorithms and keys fixed at start-up."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        algorithms = config["JWT_ALGORITHMS"]
+        if isinstance(algorithms, str):
+            algorithms = [a.strip() for a in algorithms.split(",") if a.strip()]
+        algorithms = list(algorithms or [])
+        unknown = set(algorithms) - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+        if not algorithms or unknown:
+            raise ConfigError(f"JWT_ALGORITHMS must list supported algorithms, got {algorithms}")
+        symmetric = set(algorithms) & HMAC_ALGORITHMS
+        if symmetric and len(symmetric) != len(algorithms):
+            raise ConfigError("JWT_ALGORITHMS must not mix HS* with RS*/ES* algorithms")
+        self.algorithms = algorithms
+        self.audience = config.get("JWT_AUDIENCE") or None
+        self.issuer = config.get("JWT_ISSUER") or None
+        self.leeway = float(config.get("JWT_LEEWAY") or 0)
+        self._jwks = None
+        if symmetric:
+            secret = config.get("JWT_SECRET") or ""
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"CHATSITE_JWT_SECRET must be set to at least {MIN_SECRET_BYTES} bytes"
+                )
+            self._key = secret
+        elif config.get("JWT_PUBLIC_KEY"):
+            self._key = config["JWT_PUBLIC_KEY"]
+        elif config.get("JWT_JWKS_URL"):
+            self._key = None
+            self._jwks = jwt.PyJWKClient(config["JWT_JWKS_URL"], cache_keys=True, lifespan=300)
+        else:
+            raise ConfigError("CHATSITE_JWT_PUBLIC_KEY or CHATSITE_JWT_JWKS_URL must be set")
+
+    def user_id(self, token: object) -> str:
+        """Return the token's `sub`, or raise a 401 ApiError."""
+        if not isinstance(token, str) or not token:
+            raise ApiError(401, "missing token")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise ApiError(401, "invalid token")
+        try:
+            key = self._key
+            if self._jwks is not None:
+                key = self._jwks.get_signing_key_from_jwt(token).key
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self.audience is not None,
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise ApiError(401, "token expired") from None
+        except (jwt.PyJWTError, ValueError) as error:
+            log.info("rejected token: %s", type(error).__name__)
+            raise ApiError(401, "invalid token") from None
+        try:
+            # The uuid names the user's chat folder, so only a real uuid is accepted.
+            return str(uuid.UUID(claims["sub"]))
+        except (TypeError, ValueError, AttributeError):
+            raise ApiError(401, "invalid token subject: not a uuid") from None
+
+    def issue(self, subject: str, expires_in: int = 3600) -> str:
+        """Sign a development token with the configured HS secret."""
+        if self._key is None or self.algorithms[0] not in HMAC_ALGORITHMS:
+            raise ConfigError("issue-token needs an HS* algorithm and CHATSITE_JWT_SECRET")
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + int(expires_in)}
+        if self.audience:
+            claims["aud"] = self.audience
+        if self.issuer:
+            claims["iss"] = self.issuer
+        return jwt.encode(claims, self._key, algorithm=self.algorithms[0])
+
+
+def init_app(app: Flask) -> None:
+    """Build the verifier once; refuse to start on an unsafe configuration."""
+    app.extensions["chatsite.tokens"] = TokenVerifier(app.config)
+
+
+def verifier(app: Flask) -> TokenVerifier:
+    """Return the app's token verifier."""
+    return app.extensions["chatsite.tokens"]

@@ -1,0 +1,150 @@
+"""Where a chat's messages live: JSON files (default) or the shared database."""
+
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from .models import ChatContent
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".tmp-"
+STALE_TEMP_SECONDS = 60
+
+
+class ChatMissing(LookupError):
+    """The chat's contents are not in the store."""
+
+
+class ChatStore(Protocol):
+    """Read and write a chat's list of messages; ids are already checked uuids."""
+
+    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
+    def read(self, user_id: str, chat_id: str) -> list[dict]: ...
+    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
+    def delete(self, user_id: str, chat_id: str) -> None: ...
+
+
+def _canonical(value: str) -> str:
+    """Re-parse an id as a uuid so that nothing else can ever reach a path."""
+    return str(uuid.UUID(value))
+
+
+class FileChatStore:
+    """Chats as `<root>/<user uuid>/<chat uuid>.json`, written atomically."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, user_id: str, chat_id: str) -> Path:
+        """Return the chat's file path, guaranteed to be inside the root."""
+        path = (self.root / _canonical(user_id) / f"{_canonical(chat_id)}.json").resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError("chat path escapes the chat folder")
+        return path
+
+    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
+        """Write a new chat file."""
+        path = self.path(user_id, chat_id)
+        if path.exists():
+            raise FileExistsError(f"chat {chat_id} exists")
+        self._write_atomic(path, messages)
+
+    def read(self, user_id: str, chat_id: str) -> list[dict]:
+        """Return the chat's messages."""
+        try:
+            with open(self.path(user_id, chat_id), "rb") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            raise ChatMissing(chat_id) from None
+
+    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
+        """Replace the chat's messages in one atomic step."""
+        self._write_atomic(self.path(user_id, chat_id), messages)
+
+    def delete(self, user_id: str, chat_id: str) -> None:
+        """Remove the chat file if it is there."""
+        self.path(user_id, chat_id).unlink(missing_ok=True)
+
+    def clean_stray_temp_files(self) -> int:
+        """Remove temp files left by a crash mid-write (old enough to be nobody's)."""
+        removed = 0
+        cutoff = time.time() - STALE_TEMP_SECONDS
+        for temp in self.root.glob(f"*/{TEMP_PREFIX}*"):
+            try:
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("removed %d stray temp chat files", removed)
+        return removed
+
+    @staticmethod
+    def _write_atomic(path: Path, messages: list[dict]) -> None:
+        """Write beside the target, fsync, rename over it, fsync the folder."""
+        folder = path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(messages, ensure_ascii=False).encode()
+        fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".json")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class DatabaseChatStore:
+    """Chats as JSON in the database, so that hosts sharing PostgreSQL share chats."""
+
+    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
+        """Insert the chat's contents (inside the caller's transaction)."""
+        ChatContent.insert(chat=_canonical(chat_id), messages=json.dumps(messages)).execute()
+
+    def read(self, user_id: str, chat_id: str) -> list[dict]:
+        """Return the chat's messages."""
+        row = ChatContent.get_or_none(ChatContent.chat == _canonical(chat_id))
+        if row is None:
+            raise ChatMissing(chat_id)
+        return json.loads(row.messages)
+
+    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
+        """Replace the chat's messages."""
+        updated = (
+            ChatContent.update(messages=json.dumps(messages))
+            .where(ChatContent.chat == _canonical(chat_id))
+            .execute()
+        )
+        if not updated:
+            raise ChatMissing(chat_id)
+
+    def delete(self, user_id: str, chat_id: str) -> None:
+        """Remove the contents row if it is there."""
+        ChatContent.delete().where(ChatContent.chat == _canonical(chat_id)).execute()
+
+
+def make_chat_store(kind: str, chat_dir: str) -> ChatStore:
+    """Build the configured chat store."""
+    if kind == "files":
+        store = FileChatStore(chat_dir)
+        store.clean_stray_temp_files()
+        return store
+    if kind == "database":
+        return DatabaseChatStore()
+    raise ValueError(f"CHATSITE_CHAT_STORE must be 'files' or 'database', not {kind!r}")

@@ -1,0 +1,47 @@
+"""Package defaults; `instance/config.py` and `CHATSITE_*` variables override them."""
+
+# Sign-in (JWT issued by the site's login service).
+JWT_SECRET = None
+JWT_ALGORITHMS = ["HS256"]
+JWT_PUBLIC_KEY = None
+JWT_JWKS_URL = None
+JWT_AUDIENCE = None
+JWT_ISSUER = None
+JWT_LEEWAY = 10  # seconds of clock skew tolerated on exp/nbf/iat
+
+# Storage. None means "in the instance folder" and is resolved by the factory.
+DATABASE_URL = None
+CHAT_DIR = None
+CHAT_STORE = "files"
+AUTO_CREATE_USERS = True
+
+# Limits.
+MAX_CONTENT_LENGTH = 1024 * 1024
+MAX_SYSTEM_PROMPT_CHARS = 8000
+MAX_MESSAGES = 500
+MAX_MESSAGE_CHARS = 100_000
+MAX_PROMPT_CHARS = 200_000
+MAX_CHATS_PER_USER = 10_000
+
+# Chat instances (the upstream LLM servers).
+CHAT_INSTANCES = ["http://127.0.0.1:11434"]
+INSTANCE_WAIT_TIMEOUT = 10.0
+INSTANCE_COOLDOWN = 5.0
+UPSTREAM_CONNECT_TIMEOUT = 3.0
+UPSTREAM_READ_TIMEOUT = 120.0
+UPSTREAM_MAX_SECONDS = 900.0
+UPSTREAM_MAX_LINE_BYTES = 1024 * 1024
+MODELS_CACHE_SECONDS = 10.0
+
+# Tools the server runs for the model.
+TOOLS = None  # None: the built-in set
+MAX_TOOL_ROUNDS = 5
+TOOL_TIMEOUT = 5.0
+
+# Cross-process coordination.
+REDIS_URL = None
+LOCK_DIR = None
+USER_LOCK_RETRY_AFTER = 2
+
+# Cross-origin front-end dev servers.
+CORS_ORIGINS = []

@@ -1,0 +1,70 @@
+"""One error shape for the whole API: `{"status": "error", "msg": ...}`."""
+
+import logging
+
+from flask import Flask, jsonify
+from marshmallow import ValidationError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the client should see, with its HTTP code."""
+
+    def __init__(
+        self, code: int, msg: str, status: str = "error", headers: dict | None = None
+    ) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.status = status
+        self.headers = headers or {}
+
+
+def error_response(code: int, msg: str, status: str = "error", headers: dict | None = None):
+    """Build the JSON error response every endpoint uses."""
+    response = jsonify(status=status, msg=msg)
+    response.status_code = code
+    response.headers.update(headers or {})
+    return response
+
+
+def describe_validation_error(messages: dict | list | str, prefix: str = "") -> str:
+    """Flatten marshmallow's nested messages into "field: reason; ..."."""
+    if isinstance(messages, dict):
+        parts = []
+        for field, inner in messages.items():
+            name = f"{prefix}.{field}" if prefix else str(field)
+            if field == "_schema":
+                name = prefix or "body"
+            parts.append(describe_validation_error(inner, name))
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        if all(isinstance(m, str) for m in messages):
+            return f"{prefix}: {' '.join(messages)}" if prefix else " ".join(messages)
+        return "; ".join(describe_validation_error(m, prefix) for m in messages)
+    return f"{prefix}: {messages}" if prefix else str(messages)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Turn every exception into the API's error shape; never leak internals."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(error: ApiError):
+        return error_response(error.code, error.msg, error.status, error.headers)
+
+    @app.errorhandler(ValidationError)
+    def handle_validation_error(error: ValidationError):
+        return error_response(400, describe_validation_error(error.messages))
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error: HTTPException):
+        msg = {413: "request body too large"}.get(error.code, error.description)
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        return error_response(error.code or 500, msg, headers=headers)
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal error")

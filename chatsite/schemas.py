@@ -1,0 +1,210 @@
+"""Request bodies, validated at the edge; unknown fields are always rejected."""
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+ROLES = ("user", "assistant", "tool", "system")
+MAX_OPTIONS = 64
+MAX_TOOL_CALLS = 32
+MAX_IMAGES = 8
+MAX_IMAGE_CHARS = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits that come from the configuration."""
+
+    system_prompt_chars: int = 8000
+    messages: int = 500
+    message_chars: int = 100_000
+    prompt_chars: int = 200_000
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Limits":
+        """Read the limits from the app configuration."""
+        return cls(
+            system_prompt_chars=int(config["MAX_SYSTEM_PROMPT_CHARS"]),
+            messages=int(config["MAX_MESSAGES"]),
+            message_chars=int(config["MAX_MESSAGE_CHARS"]),
+            prompt_chars=int(config["MAX_PROMPT_CHARS"]),
+        )
+
+
+def normalize_model(name: str) -> str:
+    """Give an untagged model name Ollama's implicit `:latest` tag."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+class ModelName(fields.String):
+    """A model name, normalized to carry a tag."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            validate=[
+                validate.Length(1, 200),
+                validate.Regexp(MODEL_NAME, error="Not a valid model name."),
+            ],
+            **kwargs,
+        )
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        return normalize_model(super()._deserialize(value, attr, data, **kwargs))
+
+
+class Nickname(fields.String):
+    """A display name: trimmed, 1-32 characters, no control characters."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if not 1 <= len(text) <= 32:
+            raise ValidationError("Must be 1 to 32 characters after trimming.")
+        if any(unicodedata.category(char) == "Cc" for char in text):
+            raise ValidationError("Must not contain control characters.")
+        return text
+
+
+class Options(fields.Dict):
+    """Model options passed through to the chat instance (seed, temperature, ...)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            keys=fields.String(validate=validate.Length(1, 64)),
+            values=fields.Raw(allow_none=True),
+            validate=validate.Length(max=MAX_OPTIONS),
+            **kwargs,
+        )
+
+
+class StrictSchema(Schema):
+    """Reject unknown fields everywhere."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class LimitedSchema(StrictSchema):
+    """A top-level body schema that checks sizes against configured limits."""
+
+    token = fields.String(required=True)
+
+    def __init__(self, limits: Limits | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.limits = limits or Limits()
+
+
+class TokenOnlySchema(LimitedSchema):
+    """`{"token"}`."""
+
+
+class PromptDataSchema(StrictSchema):
+    system = fields.String(required=True)
+
+
+class SitePrefsSchema(StrictSchema):
+    model = ModelName(required=True)
+
+
+class PrefsSchema(StrictSchema):
+    nickname = Nickname()
+    prompt_data = fields.Nested(PromptDataSchema)
+    site_prefs = fields.Nested(SitePrefsSchema)
+
+
+class UpdateSettingsSchema(LimitedSchema):
+    """`{"token", "prefs": {...}}`: a partial update of the user's preferences."""
+
+    prefs = fields.Nested(PrefsSchema, required=True)
+
+    @validates_schema
+    def check_system_prompt(self, data: dict, **kwargs: Any) -> None:
+        system = data["prefs"].get("prompt_data", {}).get("system", "")
+        if len(system) > self.limits.system_prompt_chars:
+            raise ValidationError(
+                f"Longer than {self.limits.system_prompt_chars} characters.",
+                "prefs.prompt_data.system",
+            )
+
+
+class ChatIdSchema(LimitedSchema):
+    """`{"token", "chatId"}`."""
+
+    chatId = fields.UUID(required=True)  # the contract spells it so
+
+
+class GenerateSchema(LimitedSchema):
+    """`/generate`: a completion, or fill-in-the-middle with a suffix."""
+
+    prompt = fields.String(required=True)
+    suffix = fields.String()
+    model = ModelName()
+    options = Options()
+
+    @validates_schema
+    def check_sizes(self, data: dict, **kwargs: Any) -> None:
+        limit = self.limits.prompt_chars
+        for name in ("prompt", "suffix"):
+            if len(data.get(name, "")) > limit:
+                raise ValidationError(f"Longer than {limit} characters.", name)
+
+
+class ToolFunctionSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(1, 200))
+    arguments = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
+    index = fields.Integer()
+
+
+class ToolCallSchema(StrictSchema):
+    function = fields.Nested(ToolFunctionSchema, required=True)
+    id = fields.String()
+    type = fields.String()
+
+
+class MessageSchema(StrictSchema):
+    """A chat message as the client sends it, or as /get-chat gave it back."""
+
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    content = fields.String(required=True)
+    timestamp = fields.String(validate=validate.Length(max=64))
+    tool_calls = fields.List(
+        fields.Nested(ToolCallSchema), validate=validate.Length(max=MAX_TOOL_CALLS)
+    )
+    tool_name = fields.String(validate=validate.Length(max=200))
+    thinking = fields.String()
+    images = fields.List(
+        fields.String(validate=validate.Length(max=MAX_IMAGE_CHARS)),
+        validate=validate.Length(max=MAX_IMAGES),
+    )
+    incomplete = fields.Boolean()
+
+
+class ChatSchema(LimitedSchema):
+    """`/chat`: a conversation to continue, optionally saved to a chat file."""
+
+    model = ModelName()
+    messages = fields.List(fields.Nested(MessageSchema), required=True)
+    system = fields.String()
+    options = Options()
+    chatfile = fields.UUID()
+
+    @validates_schema
+    def check_sizes(self, data: dict, **kwargs: Any) -> None:
+        messages = data.get("messages", [])
+        if not messages:
+            raise ValidationError("Must hold at least one message.", "messages")
+        if len(messages) > self.limits.messages:
+            raise ValidationError(f"At most {self.limits.messages} messages.", "messages")
+        limit = self.limits.message_chars
+        for index, message in enumerate(messages):
+            if len(message["content"]) > limit:
+                raise ValidationError(
+                    f"Longer than {limit} characters.", f"messages.{index}.content"
+                )
+        if len(data.get("system", "")) > self.limits.system_prompt_chars:
+            raise ValidationError(
+                f"Longer than {self.limits.system_prompt_chars} characters.", "system"
+            )

@@ -1,0 +1,70 @@
+"""Users and their preferences."""
+
+import logging
+
+from peewee import IntegrityError
+
+from .db import db, write_transaction
+from .errors import ApiError
+from .models import ChatFile, User, utcnow
+
+log = logging.getLogger(__name__)
+
+NO_USER_DATA = "No user data found"
+
+
+def find_user(user_id: str, create: bool) -> User | None:
+    """Return the user's record, creating it on first sight when allowed."""
+    user = User.get_or_none(User.uuid == user_id)
+    if user is None and create:
+        try:
+            with db.atomic():
+                User.insert(uuid=user_id).on_conflict_ignore().execute()
+        except IntegrityError:  # pragma: no cover - a racing insert won; read it below
+            pass
+        user = User.get_or_none(User.uuid == user_id)
+        log.info("created user record %s", user_id)
+    return user
+
+
+def require_user(user_id: str, create: bool, code: int = 500, status: str = "error") -> User:
+    """Return the user's record or raise the endpoint's "no data" error."""
+    user = find_user(user_id, create)
+    if user is None:
+        raise ApiError(code, NO_USER_DATA, status=status)
+    return user
+
+
+def user_prefs(user: User) -> dict:
+    """Serialize the user's preferences as /settings answers them."""
+    chats = (
+        ChatFile.select(ChatFile.id, ChatFile.name)
+        .where(ChatFile.owner == user.uuid)
+        .order_by(ChatFile.updated_at.desc(), ChatFile.created_at.desc(), ChatFile.id)
+        .tuples()
+    )
+    return {
+        "uuid": user.uuid,
+        "nickname": user.nickname,
+        "prompt_data": {"system": user.system_prompt},
+        "site_prefs": {"model": user.preferred_model},
+        "chat_files": {"files": [{"id": chat_id, "name": name} for chat_id, name in chats]},
+    }
+
+
+def update_prefs(user_id: str, prefs: dict, create: bool) -> User:
+    """Apply a partial, already validated update in one transaction."""
+    changes = {}
+    if "nickname" in prefs:
+        changes[User.nickname] = prefs["nickname"]
+    if "system" in prefs.get("prompt_data", {}):
+        changes[User.system_prompt] = prefs["prompt_data"]["system"]
+    if "model" in prefs.get("site_prefs", {}):
+        changes[User.preferred_model] = prefs["site_prefs"]["model"]
+    with write_transaction():
+        user = require_user(user_id, create)
+        if changes:
+            changes[User.updated_at] = utcnow()
+            User.update(changes).where(User.uuid == user_id).execute()
+            user = User.get(User.uuid == user_id)
+    return user

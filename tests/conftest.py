@@ -1,0 +1,110 @@
+"""Fixtures: a real app over a temp instance folder, SQLite or PostgreSQL, and tokens."""
+
+import os
+import time
+import uuid
+from urllib.parse import quote
+
+import jwt
+import pytest
+from playhouse.db_url import connect as connect_url
+
+from chatsite import create_app
+from chatsite.db import create_tables
+
+TEST_SECRET = "test-secret-" + "s" * 40
+PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _clean_environment():
+    """Keep the developer's CHATSITE_* variables out of the tests."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("CHATSITE_")}
+    for key in saved:
+        if not key.startswith("CHATSITE_TEST_"):
+            del os.environ[key]
+    yield
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def pg_schema_url():
+    """A PostgreSQL URL whose tables live in a schema of this test's own."""
+    if not PG_URL:
+        pytest.skip("CHATSITE_TEST_DATABASE_URL is not set")
+    schema = f"chatsite_test_{uuid.uuid4().hex[:12]}"
+    admin = connect_url(PG_URL)
+    admin.execute_sql(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}", schema
+    admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Run database-backed tests on SQLite and, when configured, PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'chatsite.db'}"
+    url, _ = request.getfixturevalue("pg_schema_url")
+    return url
+
+
+@pytest.fixture
+def make_app(tmp_path, database_url):
+    """Build an app over a temp instance folder with extra config."""
+
+    def build(**config):
+        settings = {
+            "TESTING": True,
+            "JWT_SECRET": TEST_SECRET,
+            "DATABASE_URL": database_url,
+            "CHAT_DIR": str(tmp_path / "chats"),
+            "CHAT_INSTANCES": [],
+        }
+        settings.update(config)
+        app = create_app(settings, instance_path=str(tmp_path / "instance"))
+        create_tables()
+        return app
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def token_for():
+    """Sign a token for a user (a fresh uuid by default) with optional claim changes."""
+
+    def sign(user=None, secret=TEST_SECRET, algorithm="HS256", expires_in=3600, **claims):
+        now = int(time.time())
+        payload = {"sub": user or str(uuid.uuid4()), "iat": now, "exp": now + expires_in}
+        payload.update(claims)
+        payload = {k: v for k, v in payload.items() if v is not None}
+        return jwt.encode(payload, secret, algorithm=algorithm)
+
+    return sign
+
+
+@pytest.fixture
+def user():
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def post(client):
+    """POST a JSON body and return the response."""
+
+    def send(path, body=None, **kwargs):
+        return client.post(path, json=body, **kwargs)
+
+    return send

@@ -1,0 +1,155 @@
+"""Sign-in: every bad token is a 401, whatever else the body holds."""
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from chatsite.auth import ConfigError, TokenVerifier
+from chatsite.defaults import JWT_ALGORITHMS
+from tests.conftest import TEST_SECRET
+
+
+def rsa_keys():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public.decode()
+
+
+def test_valid_token_is_accepted(post, token_for, user):
+    response = post("/settings", {"token": token_for(user)})
+    assert response.status_code == 200
+    assert response.json["uuid"] == user
+
+
+@pytest.mark.parametrize(
+    "make_token, reason",
+    [
+        (lambda t: None, "missing"),
+        (lambda t: "", "empty"),
+        (lambda t: 12345, "not a string"),
+        (lambda t: "garbage", "garbage"),
+        (lambda t: "a.b.c", "three garbage parts"),
+        (lambda t: t(expires_in=-120), "expired"),
+        (lambda t: t(secret="another-secret-" + "x" * 40), "bad signature"),
+        (lambda t: t(sub=None), "no sub"),
+        (lambda t: t(exp=None), "no exp"),
+        (lambda t: t(sub="not-a-uuid"), "sub not a uuid"),
+        (lambda t: t(sub="../../etc"), "path-like sub"),
+        (lambda t: t(nbf=int(time.time()) + 3600), "future nbf"),
+        (lambda t: t(algorithm="HS512"), "algorithm not allowed"),
+        (lambda t: t() + "x", "tampered signature"),
+    ],
+)
+def test_bad_tokens_are_401(post, token_for, make_token, reason):
+    body = {"token": make_token(token_for)} if make_token(token_for) is not None else {}
+    response = post("/settings", body)
+    assert response.status_code == 401, reason
+    assert response.json["status"] == "error"
+    assert response.json["msg"]
+
+
+def test_alg_none_is_rejected(post, user):
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 60}, None, algorithm="none")
+    assert post("/settings", {"token": token}).status_code == 401
+
+
+def test_bad_token_wins_over_other_errors(post):
+    response = post("/update-settings", {"token": "nope", "prefs": {"uuid": "x"}, "junk": 1})
+    assert response.status_code == 401
+
+
+def test_token_never_echoed_in_errors(post, token_for):
+    token = token_for(expires_in=-100)
+    response = post("/settings", {"token": token})
+    assert token not in response.get_data(as_text=True)
+
+
+def test_audience_and_issuer_checked_when_configured(make_app, token_for, user):
+    client = make_app(JWT_AUDIENCE="chatsite", JWT_ISSUER="https://login.example").test_client()
+    good = token_for(user, aud="chatsite", iss="https://login.example")
+    assert client.post("/settings", json={"token": good}).status_code == 200
+    for bad in (
+        token_for(user, aud="other", iss="https://login.example"),
+        token_for(user, aud="chatsite", iss="https://evil.example"),
+        token_for(user),
+    ):
+        assert client.post("/settings", json={"token": bad}).status_code == 401
+
+
+def test_rs256_with_public_key(make_app, user):
+    private, public = rsa_keys()
+    client = make_app(
+        JWT_ALGORITHMS=["RS256"], JWT_PUBLIC_KEY=public, JWT_SECRET=None
+    ).test_client()
+    claims = {"sub": user, "exp": int(time.time()) + 60}
+    good = jwt.encode(claims, private, algorithm="RS256")
+    assert client.post("/settings", json={"token": good}).status_code == 200
+    other_private, _ = rsa_keys()
+    forged = jwt.encode(claims, other_private, algorithm="RS256")
+    assert client.post("/settings", json={"token": forged}).status_code == 401
+
+
+def test_public_key_used_as_hmac_secret_is_rejected(make_app, user):
+    """The classic algorithm-confusion attack: sign HS256 with the RS256 public key."""
+    _, public = rsa_keys()
+    client = make_app(
+        JWT_ALGORITHMS=["RS256"], JWT_PUBLIC_KEY=public, JWT_SECRET=None
+    ).test_client()
+    header = jwt.utils.base64url_encode(b'{"alg":"HS256","typ":"JWT"}')
+    payload = jwt.utils.base64url_encode(
+        f'{{"sub":"{user}","exp":{int(time.time()) + 60}}}'.encode()
+    )
+    import hashlib
+    import hmac
+
+    signing_input = header + b"." + payload
+    signature = hmac.new(public.encode(), signing_input, hashlib.sha256).digest()
+    token = (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
+    assert client.post("/settings", json={"token": token}).status_code == 401
+
+
+def test_es256_with_public_key(make_app, user):
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    client = make_app(
+        JWT_ALGORITHMS=["ES256"], JWT_PUBLIC_KEY=public, JWT_SECRET=None
+    ).test_client()
+    token = jwt.encode({"sub": user, "exp": int(time.time()) + 60}, key, algorithm="ES256")
+    assert client.post("/settings", json={"token": token}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"JWT_SECRET": None}, "JWT_SECRET"),
+        ({"JWT_SECRET": "short"}, "32 bytes"),
+        ({"JWT_ALGORITHMS": ["none"]}, "supported"),
+        ({"JWT_ALGORITHMS": []}, "supported"),
+        ({"JWT_ALGORITHMS": ["HS256", "RS256"], "JWT_PUBLIC_KEY": "k"}, "mix"),
+        ({"JWT_ALGORITHMS": ["RS256"], "JWT_SECRET": None}, "PUBLIC_KEY"),
+    ],
+)
+def test_unsafe_configuration_refuses_to_start(config, message):
+    settings = {"JWT_ALGORITHMS": JWT_ALGORITHMS, "JWT_SECRET": TEST_SECRET, "JWT_LEEWAY": 0}
+    settings.update(config)
+    with pytest.raises(ConfigError, match=message):
+        TokenVerifier(settings)
+
+
+def test_app_refuses_to_start_without_secret(tmp_path):
+    from chatsite import create_app
+
+    with pytest.raises(ConfigError):
+        create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}, instance_path=str(tmp_path))
