@@ -37,25 +37,61 @@ def create_app(
     _resolve_paths(app)
 
     from . import auth, cli, cors, db, errors
-    from .chatstore import make_chat_store
-    from .schemas import Limits
-    from .site import Site
 
     errors.register_error_handlers(app)
     auth.init_app(app)
     db.init_app(app)
     cors.init_app(app)
     cli.init_app(app)
-    app.extensions["chatsite"] = Site(
-        tokens=auth.verifier(app),
-        limits=Limits.from_config(app.config),
-        chats=make_chat_store(app.config["CHAT_STORE"], app.config["CHAT_DIR"]),
-        auto_create_users=bool(app.config["AUTO_CREATE_USERS"]),
-        max_chats=int(app.config["MAX_CHATS_PER_USER"]),
-    )
+    app.extensions["chatsite"] = build_site(app)
 
-    from .api import create_chat, get_chat, settings, update_settings
+    from .api import chat, create_chat, generate, get_chat, models, settings, update_settings
 
-    for module in (settings, update_settings, create_chat, get_chat):
+    for module in (settings, update_settings, create_chat, get_chat, models, generate, chat):
         app.register_blueprint(module.bp)
     return app
+
+
+def build_site(app: Flask):
+    """Build the long-lived services from the configuration."""
+    from . import auth
+    from .catalog import Instance, ModelCatalog, parse_instances
+    from .chatstore import make_chat_store
+    from .coordination import LocalCoordinator
+    from .pool import InstancePool
+    from .schemas import Limits
+    from .site import Site
+    from .upstream import OllamaClient
+
+    config = app.config
+    instances = [
+        Instance(
+            url=url,
+            max_concurrent=capacity,
+            client=OllamaClient(
+                url,
+                connect_timeout=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
+                read_timeout=float(config["UPSTREAM_READ_TIMEOUT"]),
+                max_seconds=float(config["UPSTREAM_MAX_SECONDS"]),
+                max_line=int(config["UPSTREAM_MAX_LINE_BYTES"]),
+                pool_size=max(capacity, 10),
+            ),
+        )
+        for url, capacity in parse_instances(config["CHAT_INSTANCES"])
+    ]
+    cooldown = float(config["INSTANCE_COOLDOWN"])
+    catalog = ModelCatalog(instances, float(config["MODELS_CACHE_SECONDS"]), cooldown)
+    coordinator = LocalCoordinator()
+    return Site(
+        tokens=auth.verifier(app),
+        limits=Limits.from_config(config),
+        chats=make_chat_store(config["CHAT_STORE"], config["CHAT_DIR"]),
+        catalog=catalog,
+        coordinator=coordinator,
+        pool=InstancePool(catalog, coordinator, float(config["INSTANCE_WAIT_TIMEOUT"]), cooldown),
+        tool_timeout=float(config["TOOL_TIMEOUT"]),
+        max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
+        auto_create_users=bool(config["AUTO_CREATE_USERS"]),
+        max_chats=int(config["MAX_CHATS_PER_USER"]),
+        retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
+    )

@@ -1,12 +1,15 @@
 """The app's long-lived services, built once by the factory."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
 
 from .auth import TokenVerifier
+from .catalog import ModelCatalog
 from .chatstore import ChatStore
+from .coordination import Coordinator
+from .pool import InstancePool
 from .schemas import Limits
 
 
@@ -17,9 +20,15 @@ class Site:
     tokens: TokenVerifier
     limits: Limits
     chats: ChatStore
+    catalog: ModelCatalog
+    pool: InstancePool
+    coordinator: Coordinator
+    tools: Any = None  # the tool registry, or None for no tools
+    tool_timeout: float = 5.0
+    max_tool_rounds: int = 5
     auto_create_users: bool = True
     max_chats: int = 10_000
-    extras: dict[str, Any] = field(default_factory=dict)
+    retry_after: int = 2
 
 
 def current_site() -> Site:

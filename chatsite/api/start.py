@@ -1,0 +1,45 @@
+"""What /chat and /generate decide before streaming: model, user lock, instance slot."""
+
+from typing import Any
+
+from ..coordination import Lease
+from ..errors import ApiError
+from ..pool import Slot
+from ..site import Site
+from ..upstream import UpstreamStream
+from ..users import User
+
+BUSY = "a request from this user is already being processed"
+
+
+def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, set[str]]:
+    """Return the model to use (the request's, else the user's) and its capabilities."""
+    model = requested or user.preferred_model
+    if not model:
+        raise ApiError(400, "model: no model given and no preferred model set")
+    capabilities = site.catalog.capabilities(model)
+    if capabilities is None:
+        if not site.catalog.reachable():
+            raise ApiError(504, "no chat instance available")
+        raise ApiError(400, f"model: unknown model {model!r}")
+    return model, capabilities
+
+
+def lock_user(site: Site, user_id: str) -> Lease:
+    """Take the user's lock or answer 429 at once, before any waiting."""
+    lease = site.coordinator.try_lock_user(user_id)
+    if lease is None:
+        retry = str(site.retry_after)
+        raise ApiError(429, BUSY, headers={"Retry-After": retry})
+    return lease
+
+
+def open_upstream(
+    site: Site, user_lease: Lease, model: str, path: str, payload: dict[str, Any]
+) -> tuple[Slot, UpstreamStream]:
+    """Start the upstream stream; on any failure give the user's lock back."""
+    try:
+        return site.pool.open_stream(model, path, payload)
+    except BaseException:
+        user_lease.release()
+        raise

@@ -1,0 +1,135 @@
+"""Which models the chat instances serve, with their capabilities, cached briefly."""
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schemas import normalize_model
+from .upstream import OllamaClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Instance:
+    """One configured chat instance and what it was last seen serving."""
+
+    url: str
+    max_concurrent: int
+    client: OllamaClient
+    cool_until: float = 0.0
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def cooling(self, now: float | None = None) -> bool:
+        """Tell whether the instance is resting after a failure."""
+        return (now or time.monotonic()) < self.cool_until
+
+
+def parse_instances(value: Any) -> list[tuple[str, int]]:
+    """Read CHAT_INSTANCES: a list of URLs or of `{"url", "max_concurrent"}`."""
+    if isinstance(value, (str, dict)):
+        value = [value]
+    parsed = []
+    for item in value or []:
+        if isinstance(item, str):
+            url, capacity = item, 1
+        elif isinstance(item, dict) and isinstance(item.get("url"), str):
+            url, capacity = item["url"], item.get("max_concurrent", 1)
+        else:
+            raise ValueError(f"CHATSITE_CHAT_INSTANCES: bad entry {item!r}")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"CHATSITE_CHAT_INSTANCES: {url!r} is not an http(s) URL")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise ValueError(f"CHATSITE_CHAT_INSTANCES: bad max_concurrent for {url}")
+        parsed.append((url.rstrip("/"), capacity))
+    return parsed
+
+
+def describe(entry: dict[str, Any], capabilities: list[str]) -> dict[str, Any]:
+    """Shape one model as /models lists it."""
+    details = entry.get("details") or {}
+    return {
+        "name": normalize_model(str(entry.get("name") or entry.get("model"))),
+        "family": details.get("family", ""),
+        "parameter_size": details.get("parameter_size", ""),
+        "quantization_level": details.get("quantization_level", ""),
+        "size": entry.get("size", 0),
+        "modified_at": entry.get("modified_at", ""),
+        "capabilities": capabilities,
+    }
+
+
+class ModelCatalog:
+    """The union of the instances' models, refreshed at most every `ttl` seconds."""
+
+    def __init__(self, instances: list[Instance], ttl: float, cooldown: float) -> None:
+        self.instances = instances
+        self.ttl = ttl
+        self.cooldown = cooldown
+        self._fetched_at = float("-inf")
+        self._lock = threading.Lock()
+        self._capabilities: dict[tuple[str, str, str], list[str]] = {}
+
+    def refresh(self, force: bool = False) -> None:
+        """Ask every instance for its models, when the cache is stale."""
+        if not force and time.monotonic() - self._fetched_at < self.ttl:
+            return
+        with self._lock:
+            if not force and time.monotonic() - self._fetched_at < self.ttl:
+                return
+            if self.instances:
+                with ThreadPoolExecutor(max_workers=min(8, len(self.instances))) as executor:
+                    list(executor.map(self._refresh_instance, self.instances))
+            self._fetched_at = time.monotonic()
+
+    def _refresh_instance(self, instance: Instance) -> None:
+        try:
+            models = {}
+            for entry in instance.client.tags():
+                name = normalize_model(str(entry.get("name") or entry.get("model") or ""))
+                if name != ":latest":
+                    models[name] = describe(entry, self._capabilities_of(instance, name, entry))
+            instance.models = models
+        except UpstreamError as error:
+            log.warning("chat instance %s left out: %s", instance.url, error.msg)
+            instance.models = {}
+            instance.cool_until = time.monotonic() + self.cooldown
+
+    def _capabilities_of(self, instance: Instance, name: str, entry: dict) -> list[str]:
+        key = (instance.url, name, str(entry.get("digest", "")))
+        if key not in self._capabilities:
+            capabilities = instance.client.show(name).get("capabilities")
+            self._capabilities[key] = [
+                c for c in capabilities or ["completion"] if isinstance(c, str)
+            ]
+        return self._capabilities[key]
+
+    def models(self) -> list[dict[str, Any]]:
+        """List each served model once, by name."""
+        self.refresh()
+        union: dict[str, dict[str, Any]] = {}
+        for instance in self.instances:
+            for name, model in instance.models.items():
+                union.setdefault(name, model)
+        return [union[name] for name in sorted(union)]
+
+    def reachable(self) -> bool:
+        """Tell whether any instance answered the last refresh."""
+        self.refresh()
+        return any(instance.models for instance in self.instances)
+
+    def capabilities(self, model: str) -> set[str] | None:
+        """Return the model's capabilities, or None if no instance serves it."""
+        self.refresh()
+        for instance in self.instances:
+            if model in instance.models:
+                return set(instance.models[model]["capabilities"])
+        return None
+
+    def instances_for(self, model: str) -> list[Instance]:
+        """List the instances that serve the model."""
+        self.refresh()
+        return [instance for instance in self.instances if model in instance.models]

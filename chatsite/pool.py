@@ -1,0 +1,105 @@
+"""Share the chat instances out: a slot on the least-loaded one, failover, 504."""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .catalog import Instance, ModelCatalog
+from .coordination import Coordinator, Lease
+from .errors import ApiError
+from .upstream import UpstreamError, UpstreamStream
+
+log = logging.getLogger(__name__)
+
+WAIT_STEP = 0.25  # re-check for a free slot at least this often while waiting
+NO_INSTANCE = "no chat instance available"
+
+
+@dataclass
+class Slot:
+    """A place on one instance, held for the whole request (tool rounds included)."""
+
+    instance: Instance
+    lease: Lease
+
+    def release(self) -> None:
+        """Give the slot back (idempotent)."""
+        self.lease.release()
+
+
+class InstancePool:
+    """Give each request a slot on an instance that serves its model."""
+
+    def __init__(
+        self, catalog: ModelCatalog, coordinator: Coordinator, wait_timeout: float, cooldown: float
+    ) -> None:
+        self.catalog = catalog
+        self.coordinator = coordinator
+        self.wait_timeout = wait_timeout
+        self.cooldown = cooldown
+
+    def cool_down(self, instance: Instance) -> None:
+        """Skip a failing instance for a while."""
+        log.warning("chat instance %s cooling down for %.0f s", instance.url, self.cooldown)
+        instance.cool_until = time.monotonic() + self.cooldown
+
+    def _try_slot(self, candidates: list[Instance]) -> Slot | None:
+        coordinator = self.coordinator
+
+        def load(instance: Instance) -> float:
+            return coordinator.slots_in_use(instance.url) / instance.max_concurrent
+
+        for instance in sorted(candidates, key=load):
+            lease = coordinator.try_acquire_slot(instance.url, instance.max_concurrent)
+            if lease is not None:
+                return Slot(instance, lease)
+        return None
+
+    def acquire(self, model: str, deadline: float, exclude: set[str] = frozenset()) -> Slot:
+        """Wait until `deadline` for a slot on an instance serving `model`."""
+        while True:
+            now = time.monotonic()
+            candidates = [
+                i
+                for i in self.catalog.instances_for(model)
+                if i.url not in exclude and not i.cooling(now)
+            ]
+            if not candidates:
+                raise ApiError(504, NO_INSTANCE)
+            slot = self._try_slot(candidates)
+            if slot is not None:
+                return slot
+            if now >= deadline:
+                raise ApiError(504, NO_INSTANCE)
+            self.coordinator.wait_for_release(min(WAIT_STEP, deadline - now))
+
+    def open_stream(
+        self, model: str, path: str, payload: dict[str, Any]
+    ) -> tuple[Slot, UpstreamStream]:
+        """Take a slot and start the upstream stream, trying another instance on failure."""
+        deadline = time.monotonic() + self.wait_timeout
+        tried: set[str] = set()
+        last_error: UpstreamError | None = None
+        while True:
+            try:
+                slot = self.acquire(model, deadline, tried)
+            except ApiError:
+                if last_error is not None:
+                    raise ApiError(500, last_error.msg) from None
+                raise
+            try:
+                return slot, slot.instance.client.stream(path, payload)
+            except UpstreamError as error:
+                slot.release()
+                if error.status == 404:
+                    tried.add(slot.instance.url)  # stale catalog: another may serve it
+                elif error.retryable:
+                    self.cool_down(slot.instance)
+                    tried.add(slot.instance.url)
+                else:
+                    raise ApiError(400, error.msg) from None
+                last_error = error
+            except BaseException:
+                slot.release()
+                raise
