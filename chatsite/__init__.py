@@ -57,10 +57,11 @@ def build_site(app: Flask):
     from . import auth
     from .catalog import Instance, ModelCatalog, parse_instances
     from .chatstore import make_chat_store
-    from .coordination import LocalCoordinator
+    from .coordination import make_coordinator
     from .pool import InstancePool
     from .schemas import Limits
     from .site import Site
+    from .tools import registry_from_config
     from .upstream import OllamaClient
 
     config = app.config
@@ -81,7 +82,7 @@ def build_site(app: Flask):
     ]
     cooldown = float(config["INSTANCE_COOLDOWN"])
     catalog = ModelCatalog(instances, float(config["MODELS_CACHE_SECONDS"]), cooldown)
-    coordinator = LocalCoordinator()
+    coordinator = make_coordinator(config)
     return Site(
         tokens=auth.verifier(app),
         limits=Limits.from_config(config),
@@ -89,6 +90,7 @@ def build_site(app: Flask):
         catalog=catalog,
         coordinator=coordinator,
         pool=InstancePool(catalog, coordinator, float(config["INSTANCE_WAIT_TIMEOUT"]), cooldown),
+        tools=registry_from_config(config),
         tool_timeout=float(config["TOOL_TIMEOUT"]),
         max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),

@@ -89,3 +89,22 @@ class LocalCoordinator:
     def locked_users(self) -> int:
         """Count users holding a lock (for tests and health checks)."""
         return len(self._users)
+
+
+def make_coordinator(config: dict) -> Coordinator:
+    """Pick the coordination that spans what the deployment needs.
+
+    Redis when `REDIS_URL` is set (several hosts); else file locks in the instance folder
+    (all workers of one host); `COORDINATION = "local"` keeps it inside one process.
+    """
+    if config.get("REDIS_URL"):
+        from .coordination_redis import RedisCoordinator
+
+        return RedisCoordinator(
+            config["REDIS_URL"], prefix=config["REDIS_PREFIX"], ttl=float(config["LEASE_TTL"])
+        )
+    if config.get("COORDINATION") == "local":
+        return LocalCoordinator()
+    from .coordination_files import FileCoordinator
+
+    return FileCoordinator(config["LOCK_DIR"])

@@ -38,8 +38,12 @@ TOOLS = None  # None: the built-in set
 MAX_TOOL_ROUNDS = 5
 TOOL_TIMEOUT = 5.0
 
-# Cross-process coordination.
+# Who may use what right now (user locks, instance slots): "files" spans the workers of
+# one host; REDIS_URL spans hosts; "local" is one process only.
+COORDINATION = "files"
 REDIS_URL = None
+REDIS_PREFIX = "chatsite"
+LEASE_TTL = 15.0
 LOCK_DIR = None
 USER_LOCK_RETRY_AFTER = 2
 

@@ -108,3 +108,46 @@ def post(client):
         return client.post(path, json=body, **kwargs)
 
     return send
+
+
+@pytest.fixture(scope="session")
+def dev_instance():
+    """The shipped development chat instance, on a free port, for the whole session."""
+    from chatsite.devinstance import DevInstance
+
+    with DevInstance().start() as instance:
+        yield instance
+
+
+@pytest.fixture
+def upstream(dev_instance):
+    """The dev instance with fresh counters for this test."""
+    dev_instance.reset()
+    yield dev_instance
+    from tests.servers import wait_until
+
+    wait_until(lambda: dev_instance.stats()["active_streams"] == 0)
+
+
+@pytest.fixture
+def make_live(make_app, upstream):
+    """Serve an app (extra config allowed) over real HTTP, in a thread."""
+    from tests.servers import ThreadedServer
+
+    servers = []
+
+    def serve(**config):
+        config.setdefault("CHAT_INSTANCES", [{"url": upstream.url, "max_concurrent": 4}])
+        config.setdefault("INSTANCE_WAIT_TIMEOUT", 2)
+        server = ThreadedServer(make_app(**config)).start()
+        servers.append(server)
+        return server
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live(make_live):
+    return make_live()

@@ -56,8 +56,14 @@ def test_root_and_version(dev):
 def test_tags_shape(dev):
     models = requests.get(dev.url + "/api/tags", timeout=5).json()["models"]
     names = {m["name"] for m in models}
-    assert {"echo:latest", "coder:latest", "tooler:latest", "slow:latest", "broken:latest",
-            "thinker:latest"} <= names
+    assert {
+        "echo:latest",
+        "coder:latest",
+        "tooler:latest",
+        "slow:latest",
+        "broken:latest",
+        "thinker:latest",
+    } <= names
     echo = next(m for m in models if m["name"] == "echo:latest")
     assert echo["model"] == "echo:latest" and echo["modified_at"] == "2026-01-01T00:00:00Z"
     assert isinstance(echo["size"], int) and int(echo["digest"], 16) >= 0
@@ -66,12 +72,15 @@ def test_tags_shape(dev):
     assert isinstance(echo["details"]["families"], list)
 
 
-@pytest.mark.parametrize(("body", "caps"), [
-    ({"model": "echo"}, ["completion"]),
-    ({"name": "coder:latest"}, ["completion", "insert"]),
-    ({"model": "tooler"}, ["completion", "tools"]),
-    ({"model": "thinker"}, ["completion", "thinking"]),
-])
+@pytest.mark.parametrize(
+    ("body", "caps"),
+    [
+        ({"model": "echo"}, ["completion"]),
+        ({"name": "coder:latest"}, ["completion", "insert"]),
+        ({"model": "tooler"}, ["completion", "tools"]),
+        ({"model": "thinker"}, ["completion", "thinking"]),
+    ],
+)
 def test_show_capabilities(dev, body, caps):
     resp = send(dev, "/api/show", body)
     assert resp.status_code == 200
@@ -105,8 +114,12 @@ def test_chat_echo_streams_words(dev):
 
 
 def test_chat_system_prompt_prefix_and_last_user_message(dev):
-    messages = [{"role": "system", "content": "be brief"}, *ask("first"),
-                {"role": "assistant", "content": "ok"}, *ask("second")]
+    messages = [
+        {"role": "system", "content": "be brief"},
+        *ask("first"),
+        {"role": "assistant", "content": "ok"},
+        *ask("second"),
+    ]
     assert chat_text(chat(dev, "echo:latest", messages)) == "[be brief] You said: second"
     assert chat_text(chat(dev, "thinker", ask("hm"))) == "You said: hm"
 
@@ -148,8 +161,12 @@ def test_tooler_emits_tool_calls(dev):
     message = lines[0]["message"]
     assert message["role"] == "assistant" and message["content"] == ""
     assert message["tool_calls"] == [
-        {"function": {"name": "get_weather",
-                      "arguments": {"city": "Paris", "opts": {"unit": "C"}}}},
+        {
+            "function": {
+                "name": "get_weather",
+                "arguments": {"city": "Paris", "opts": {"unit": "C"}},
+            }
+        },
         {"function": {"name": "now", "arguments": {}}},
     ]
 
@@ -159,10 +176,12 @@ def test_tooler_without_tools_offered_echoes(dev):
 
 
 def test_tooler_answers_tool_messages(dev):
-    messages = [*ask("call a and call b"),
-                {"role": "assistant", "content": "", "tool_calls": []},
-                {"role": "tool", "tool_name": "a", "content": "1"},
-                {"role": "tool", "content": "2"}]
+    messages = [
+        *ask("call a and call b"),
+        {"role": "assistant", "content": "", "tool_calls": []},
+        {"role": "tool", "tool_name": "a", "content": "1"},
+        {"role": "tool", "content": "2"},
+    ]
     assert chat_text(chat(dev, "tooler", messages, tools=TOOLS)) == "Tool a said: 1; Tool ? said: 2"
 
 
@@ -203,8 +222,11 @@ def test_stream_false_returns_one_object(dev):
     assert data["done"] is True and data["done_reason"] == "stop"
     data = send(dev, "/api/generate", {"model": "coder", "prompt": "x", "stream": False}).json()
     assert data["response"] == "continuing: x" and data["done"] is True
-    data = send(dev, "/api/chat", {"model": "tooler", "messages": ask("call f {\"a\": 1}"),
-                                   "tools": TOOLS, "stream": False}).json()
+    data = send(
+        dev,
+        "/api/chat",
+        {"model": "tooler", "messages": ask('call f {"a": 1}'), "tools": TOOLS, "stream": False},
+    ).json()
     assert data["message"]["tool_calls"] == [{"function": {"name": "f", "arguments": {"a": 1}}}]
 
 
@@ -215,8 +237,11 @@ def test_token_delay_option(dev):
 
 
 def test_client_disconnect_is_detected(dev):
-    body = {"model": "slow", "messages": ask("tick tock"),
-            "options": {"dev_token_delay": 0.05, "dev_repeat": 50}}
+    body = {
+        "model": "slow",
+        "messages": ask("tick tock"),
+        "options": {"dev_token_delay": 0.05, "dev_repeat": 50},
+    }
     resp = send(dev, "/api/chat", body, stream=True)
     assert json.loads(next(resp.iter_lines()))["done"] is False
     resp.close()
@@ -247,24 +272,36 @@ def test_request_records_and_reset(dev):
     send(dev, "/api/show", {"model": "echo"})
     requests.get(dev.url + "/api/tags", timeout=5)
     records = requests.get(dev.url + "/dev/requests", timeout=5).json()["requests"]
-    assert records == [{"path": "/api/show", "body": {"model": "echo"}},
-                       {"path": "/api/tags", "body": None}]
+    assert records == [
+        {"path": "/api/show", "body": {"model": "echo"}},
+        {"path": "/api/tags", "body": None},
+    ]
     assert dev.stats()["requests"] == 2
     assert send(dev, "/dev/reset", None).status_code == 200
     assert dev.requests() == [] and dev.stats()["requests"] == 0
 
 
 def test_huge_body_gets_413(dev):
-    resp = requests.post(dev.url + "/api/chat", data=b" " * (MAX_BODY + 1), timeout=5,
-                         headers={"Content-Type": "application/json"})
+    resp = requests.post(
+        dev.url + "/api/chat",
+        data=b" " * (MAX_BODY + 1),
+        timeout=5,
+        headers={"Content-Type": "application/json"},
+    )
     assert resp.status_code == 413 and "error" in resp.json()
 
 
-@pytest.mark.parametrize(("path", "data"), [
-    ("/api/chat", b"{not json"), ("/api/generate", b"[1]"), ("/api/chat", b""),
-    ("/api/generate", b'{"prompt": "x"}'), ("/api/chat", b'{"model": "echo", "messages": 3}'),
-    ("/api/chat", b'{"model": "echo", "options": {"dev_repeat": "x"}}'),
-])
+@pytest.mark.parametrize(
+    ("path", "data"),
+    [
+        ("/api/chat", b"{not json"),
+        ("/api/generate", b"[1]"),
+        ("/api/chat", b""),
+        ("/api/generate", b'{"prompt": "x"}'),
+        ("/api/chat", b'{"model": "echo", "messages": 3}'),
+        ("/api/chat", b'{"model": "echo", "options": {"dev_repeat": "x"}}'),
+    ],
+)
 def test_bad_requests_get_400(dev, path, data):
     resp = requests.post(dev.url + path, data=data, timeout=5)
     assert resp.status_code == 400 and isinstance(resp.json()["error"], str)
@@ -272,8 +309,10 @@ def test_bad_requests_get_400(dev, path, data):
 
 def test_keep_alive_and_chunk_framing(dev):
     body = json.dumps({"model": "echo", "messages": ask("hi")}).encode()
-    request = (b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    request = (
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
     with socket.create_connection(dev.server.server_address[:2], timeout=5) as sock:
         sock.sendall(request + b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
         data = b""

@@ -2,6 +2,7 @@
 
 from flask import Blueprint
 
+from ..errors import ApiError
 from ..schemas import UpdateSettingsSchema
 from ..site import current_site
 from ..users import update_prefs, user_prefs
@@ -14,5 +15,8 @@ bp = Blueprint("update_settings", __name__)
 def update_settings():
     user_id, data = authenticated(UpdateSettingsSchema)
     site = current_site()
+    model = data["prefs"].get("site_prefs", {}).get("model")
+    if model and site.catalog.capabilities(model) is None and site.catalog.reachable():
+        raise ApiError(400, f"prefs.site_prefs.model: unknown model {model!r}")
     user = update_prefs(user_id, data["prefs"], site.auto_create_users)
     return {"status": "ok", "msg": "settings updated", "userprefs": user_prefs(user)}

@@ -1,0 +1,152 @@
+"""User locks and instance slots shared by all workers of one host, through `flock`.
+
+No server: each lock is an exclusive, non-blocking `flock` on a file in the lock folder. A
+flock belongs to the open file description, so two opens of one file conflict even inside one
+process (greenlets of a worker exclude each other), and the kernel drops the locks of a process
+the moment it dies, SIGKILL included: nothing ever goes stale.
+
+Lock files are never deleted: unlinking a file while another process holds or is about to
+lock it would let two holders lock two different inodes under the same name.
+"""
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+
+from .coordination import Lease
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.05  # longest sleep in wait_for_release: locks give no wake-up signal
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+_PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+
+
+def instance_key(instance: str) -> str:
+    """Name an instance by a hash of its url: urls never become paths or keys themselves."""
+    return hashlib.sha256(instance.encode()).hexdigest()[:16]
+
+
+def canonical_user_id(user_id: str) -> str:
+    """Re-parse a user id as a uuid (ValueError if it is not one), in its one canonical form."""
+    if not isinstance(user_id, str):
+        raise ValueError("user id must be a uuid string")
+    return str(uuid.UUID(user_id))
+
+
+class FileLease:
+    """An flock held through an open descriptor; `release()` unlocks and closes it once."""
+
+    __slots__ = ("_fd", "_guard")
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+        self._guard = threading.Lock()  # a second close could hit a reused descriptor number
+
+    def release(self) -> None:
+        """Unlock and close; later calls do nothing."""
+        with self._guard:
+            fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+class FileCoordinator:
+    """flock-based locks under `lock_dir`: right for all gunicorn workers of one host."""
+
+    def __init__(self, lock_dir: str | os.PathLike) -> None:
+        self.lock_dir = os.path.abspath(lock_dir)
+        self._users_dir = os.path.join(self.lock_dir, "users")
+        self._slots_dir = os.path.join(self.lock_dir, "slots")
+        for path in (self.lock_dir, self._users_dir, self._slots_dir):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        self._capacity: dict[str, int] = {}  # largest capacity seen per instance url
+
+    def _try_lock(self, path: str) -> Lease | None:
+        """Lock `path` at once, or return None if someone (even this process) holds it."""
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in _BUSY:
+                return None
+            raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return FileLease(fd)
+
+    def try_lock_user(self, user_id: str) -> Lease | None:
+        """Take the user's lock at once, or None if any worker of this host holds it."""
+        name = canonical_user_id(user_id)
+        return self._try_lock(os.path.join(self._users_dir, f"{name}.lock"))
+
+    def _slot_path(self, instance: str, index: int) -> str:
+        return os.path.join(self._slots_dir, f"{instance_key(instance)}.{index}.lock")
+
+    def try_acquire_slot(self, instance: str, capacity: int) -> Lease | None:
+        """Take a free slot file of the instance, starting at a random one to spread contention."""
+        if capacity > self._capacity.get(instance, 0):
+            self._capacity[instance] = capacity
+        if capacity <= 0:
+            return None
+        start = random.randrange(capacity)
+        for step in range(capacity):
+            lease = self._try_lock(self._slot_path(instance, (start + step) % capacity))
+            if lease is not None:
+                return lease
+        return None
+
+    def _slot_indexes(self, instance: str) -> range | list[int]:
+        """Slots to look at: up to the largest capacity seen, else the files that exist."""
+        capacity = self._capacity.get(instance)
+        if capacity is not None:
+            return range(capacity)
+        pattern = re.compile(re.escape(instance_key(instance)) + r"\.(\d+)\.lock")
+        try:
+            names = os.listdir(self._slots_dir)
+        except FileNotFoundError:
+            return []
+        return [int(m.group(1)) for m in map(pattern.fullmatch, names) if m]
+
+    def _is_locked(self, path: str) -> bool:
+        """Probe with a lock on a fresh descriptor, dropped at once.
+
+        For that instant the slot looks busy to a concurrent try_acquire_slot, which then
+        tries the next slot or waits one step: harmless.
+        """
+        try:
+            fd = os.open(path, _PROBE_FLAGS)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in _BUSY:
+                return True
+            raise
+        finally:
+            os.close(fd)  # closing the only descriptor drops a probe lock we got
+        return False
+
+    def slots_in_use(self, instance: str) -> int:
+        """Count the instance's slot files locked by any process of this host."""
+        indexes = self._slot_indexes(instance)
+        return sum(self._is_locked(self._slot_path(instance, i)) for i in indexes)
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep a little: flock has no wake-up, so callers poll (cooperative under gevent)."""
+        time.sleep(max(0.0, min(timeout, POLL_INTERVAL)))

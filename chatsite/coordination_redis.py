@@ -1,0 +1,187 @@
+"""User locks and instance slots shared by all hosts, through Redis.
+
+Each lock is a key holding a random token, set with NX and a TTL. A renewer thread (a
+greenlet under gevent's monkey patch) extends every lease still held every ttl/3, so leases
+outlive long streamed answers, while the locks of a crashed host expire within `ttl` seconds.
+Release and renewal compare the token in Lua: a holder whose key expired and was taken by
+someone else never deletes or extends the new holder's lock.
+"""
+
+import logging
+import random
+import secrets
+import threading
+import time
+
+import redis
+
+from .coordination import Lease
+from .coordination_files import canonical_user_id, instance_key
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.05  # longest sleep in wait_for_release: releases are not announced
+
+# Take the first free key of KEYS (slots in a random rotation); return its 1-based index or 0.
+_ACQUIRE = """
+for i = 1, #KEYS do
+  if redis.call('set', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then return i end
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class RedisLease:
+    """One held key; `release()` deletes it only while it still holds our token."""
+
+    __slots__ = ("_owner", "key", "token")
+
+    def __init__(self, owner: "RedisCoordinator", key: str, token: str) -> None:
+        self._owner = owner
+        self.key = key
+        self.token = token
+
+    def release(self) -> None:
+        """Give the lock back once; a Redis error only leaves it to expire within ttl."""
+        if not self._owner._forget(self):
+            return
+        try:
+            self._owner._release(keys=[self.key], args=[self.token])
+        except redis.RedisError:
+            log.warning("could not release %s; it expires within the ttl", self.key, exc_info=True)
+
+
+class RedisCoordinator:
+    """Redis-backed locks and slots with renewed TTLs: right for several hosts."""
+
+    def __init__(self, url: str, prefix: str = "chatsite", ttl: float = 15.0) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self.prefix = prefix
+        self.ttl = ttl
+        self._ttl_ms = max(1, round(ttl * 1000))
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._renew = self._redis.register_script(_RENEW)
+        self._capacity: dict[str, int] = {}  # largest capacity seen per instance url
+        self._held: set[RedisLease] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    # -- leases and their renewal --
+
+    def _hold(self, key: str, token: str) -> RedisLease:
+        """Register a fresh lease for renewal, starting the renewer on first use (after fork)."""
+        lease = RedisLease(self, key, token)
+        with self._lock:
+            self._held.add(lease)
+            renewer = self._renewer
+            if not self._stop.is_set() and (renewer is None or not renewer.is_alive()):
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="chatsite-lease-renewer", daemon=True
+                )
+                self._renewer.start()
+        return lease
+
+    def _forget(self, lease: RedisLease) -> bool:
+        """Stop renewing `lease`; True only the first time (and only if it was not lost)."""
+        with self._lock:
+            if lease not in self._held:
+                return False
+            self._held.discard(lease)
+            return True
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                self._renew_all()
+            except redis.RedisError:
+                log.warning("could not renew leases; will retry", exc_info=True)
+            except Exception:
+                log.exception("lease renewer failed; retrying")
+
+    def _renew_all(self) -> None:
+        """Extend every held lease in one round trip; drop and report the ones found lost."""
+        with self._lock:
+            leases = list(self._held)
+        if not leases:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for lease in leases:
+            self._renew(keys=[lease.key], args=[lease.token, self._ttl_ms], client=pipe)
+        for lease, renewed in zip(leases, pipe.execute(), strict=True):
+            if not renewed and self._forget(lease):  # not released meanwhile: truly lost
+                log.warning("lease %s was lost (expired or taken over) while held", lease.key)
+
+    def _check_open(self) -> None:
+        if self._stop.is_set():
+            raise RuntimeError("RedisCoordinator is closed")
+
+    # -- the Coordinator protocol --
+
+    def try_lock_user(self, user_id: str) -> Lease | None:
+        """Take the user's lock at once, or None if held on any host; Redis errors raise."""
+        self._check_open()
+        key = f"{self.prefix}:user:{canonical_user_id(user_id)}"
+        token = secrets.token_hex(16)
+        if not self._redis.set(key, token, nx=True, px=self._ttl_ms):
+            return None
+        return self._hold(key, token)
+
+    def _slot_keys(self, instance: str, capacity: int) -> list[str]:
+        # The {hash tag} keeps an instance's slots in one cluster slot (multi-key Lua, EXISTS).
+        base = f"{self.prefix}:slot:{{{instance_key(instance)}}}"
+        return [f"{base}:{i}" for i in range(capacity)]
+
+    def _remember_capacity(self, instance: str, capacity: int) -> None:
+        """Keep the largest capacity, here and in Redis for workers that never acquired yet."""
+        if capacity > self._capacity.get(instance, 0):
+            self._capacity[instance] = capacity
+            self._redis.hset(f"{self.prefix}:capacity", instance_key(instance), capacity)
+
+    def try_acquire_slot(self, instance: str, capacity: int) -> Lease | None:
+        """Atomically take a free slot key of the instance, or None; Redis errors raise."""
+        self._check_open()
+        self._remember_capacity(instance, capacity)
+        if capacity <= 0:
+            return None
+        keys = self._slot_keys(instance, capacity)
+        start = random.randrange(capacity)
+        keys = keys[start:] + keys[:start]
+        token = secrets.token_hex(16)
+        taken = int(self._acquire(keys=keys, args=[token, self._ttl_ms]))
+        return self._hold(keys[taken - 1], token) if taken else None
+
+    def slots_in_use(self, instance: str) -> int:
+        """Count the instance's slot keys that exist, up to the largest capacity known."""
+        capacity = self._capacity.get(instance)
+        if capacity is None:
+            stored = self._redis.hget(f"{self.prefix}:capacity", instance_key(instance))
+            capacity = int(stored) if stored else 0
+        if capacity <= 0:
+            return 0
+        return int(self._redis.exists(*self._slot_keys(instance, capacity)))
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep a little before the caller polls again (cooperative under gevent)."""
+        time.sleep(max(0.0, min(timeout, POLL_INTERVAL)))
+
+    def close(self) -> None:
+        """Stop renewing and drop the connections; unreleased leases expire within `ttl`."""
+        self._stop.set()
+        renewer = self._renewer
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join(timeout=self.ttl)
+        self._redis.close()

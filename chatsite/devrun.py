@@ -1,0 +1,89 @@
+"""`make run`: a working development site on a fresh machine, in one command.
+
+Keeps a dev JWT secret in the instance folder, creates the tables, starts the development
+chat instance when none is configured or reachable, prints a ready token, then runs the
+Flask dev server.
+"""
+
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from . import create_app, defaults
+from .db import create_tables
+
+log = logging.getLogger(__name__)
+
+DEV_ORIGINS = '["http://localhost:*", "http://127.0.0.1:*"]'
+OLLAMA_DEFAULT = ("127.0.0.1", 11434)
+
+
+def keep_file(path: Path, make: callable) -> str:
+    """Read a small local file, creating it (private) the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def listening(address: tuple[str, int]) -> bool:
+    """Tell whether something accepts connections at the address."""
+    try:
+        with socket.create_connection(address, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """Ask the kernel for a free local port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main() -> None:
+    """Prepare and run the development site on http://127.0.0.1:5000."""
+    instance = Path("instance").resolve()
+    os.environ.setdefault(
+        "CHATSITE_JWT_SECRET",
+        keep_file(instance / "dev-jwt-secret", lambda: secrets.token_urlsafe(48)),
+    )
+    os.environ.setdefault("CHATSITE_CORS_ORIGINS", DEV_ORIGINS)
+    dev_instance = None
+    app = create_app(instance_path=str(instance))
+    if app.config["CHAT_INSTANCES"] == defaults.CHAT_INSTANCES and not listening(OLLAMA_DEFAULT):
+        port = free_port()
+        dev_instance = subprocess.Popen(
+            [sys.executable, "-m", "chatsite.devinstance", "--port", str(port)]
+        )
+        os.environ["CHATSITE_CHAT_INSTANCES"] = f'["http://127.0.0.1:{port}"]'
+        print(f"No chat instance configured: started the dev instance on port {port}.")
+    with app.app_context():
+        create_tables()
+        user = keep_file(instance / "dev-user", lambda: str(uuid.uuid4()))
+        token = app.extensions["chatsite"].tokens.issue(user, expires_in=30 * 86400)
+    print(f"\nDev user {user}; a token valid for 30 days:\n\n{token}\n")
+    print("Try:")
+    print(f"""  curl -N localhost:5000/chat -d '{{"token": "{token}", "model": "echo",""")
+    print("""        "messages": [{"role": "user", "content": "Hello!"}]}'\n""")
+    command = [sys.executable, "-m", "flask", "--app", "chatsite", "run", "--debug"]
+    command += ["--host", "127.0.0.1", "--port", os.environ.get("PORT", "5000")]
+    try:
+        subprocess.run(command, check=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if dev_instance is not None:
+            dev_instance.terminate()
+            dev_instance.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

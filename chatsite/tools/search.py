@@ -1,0 +1,98 @@
+"""Find text in one user's saved chats, with bounded work and its own DB connection.
+
+Only rows owned by the user are read, so another user's chats can never match. Tools run
+in a worker thread, which has no request connection: this opens one if needed.
+"""
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+from ..chatstore import ChatMissing, ChatStore
+from ..db import db
+from ..models import ChatFile
+
+log = logging.getLogger(__name__)
+
+MAX_CHATS_SCANNED = 200
+MAX_CHARS_SCANNED = 5_000_000
+EXCERPT_CHARS = 160
+
+
+@contextlib.contextmanager
+def database_connection() -> Iterator[None]:
+    """Reuse this thread's open connection, else open one and close it afterwards.
+
+    Not `db.connection_context()`: on exit it closes the connection whenever its own
+    stack is empty, which would close a request's connection opened with `db.connect()`.
+    """
+    opened = db.connect(reuse_if_open=True)
+    try:
+        yield
+    finally:
+        if opened:
+            db.close()
+
+
+def find_in_chats(chats: ChatStore, user_id: str, query: str, limit: int) -> list[dict]:
+    """Return up to `limit` matches (one per message), newest chats first."""
+    needle = query.lower()
+    matches: list[dict] = []
+    budget = MAX_CHARS_SCANNED
+    with database_connection():
+        rows = list(
+            ChatFile.select(ChatFile.id, ChatFile.name)
+            .where(ChatFile.owner == user_id)
+            .order_by(ChatFile.updated_at.desc(), ChatFile.created_at.desc(), ChatFile.id)
+            .limit(MAX_CHATS_SCANNED)
+            .tuples()
+        )
+        for chat_id, chat_name in rows:
+            for message in _messages(chats, user_id, chat_id):
+                content = message.get("content")
+                if not isinstance(content, str):
+                    continue
+                budget -= len(content)
+                if budget < 0:
+                    log.info("chat search stopped at its %d-character budget", MAX_CHARS_SCANNED)
+                    return matches
+                position = content.lower().find(needle)
+                if position < 0:
+                    continue
+                matches.append(
+                    {
+                        "chat_id": chat_id,
+                        "chat_name": chat_name,
+                        "role": str(message.get("role", "")),
+                        "excerpt": excerpt(content, position, len(needle)),
+                    }
+                )
+                if len(matches) >= limit:
+                    return matches
+    return matches
+
+
+def excerpt(text: str, start: int, length: int) -> str:
+    """About EXCERPT_CHARS of text centred on a hit, whitespace collapsed, cuts marked."""
+    window = max(EXCERPT_CHARS, length)
+    start = min(start, len(text))  # lower() can change the length of rare characters
+    begin = max(0, start - (window - length) // 2)
+    end = min(len(text), begin + window)
+    begin = max(0, end - window)
+    snippet = " ".join(text[begin:end].split())
+    return ("…" if begin > 0 else "") + snippet + ("…" if end < len(text) else "")
+
+
+def _messages(chats: ChatStore, user_id: str, chat_id: str) -> list[dict]:
+    """The chat's messages; a chat whose contents are missing or unreadable is skipped."""
+    try:
+        messages = chats.read(user_id, chat_id)
+    except ChatMissing:
+        log.warning("chat %s has a row but no contents; skipped by search", chat_id)
+        return []
+    except (OSError, ValueError):
+        log.warning("chat %s could not be read; skipped by search", chat_id, exc_info=True)
+        return []
+    if not isinstance(messages, list):
+        return []
+    return [message for message in messages if isinstance(message, dict)]

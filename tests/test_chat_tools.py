@@ -1,0 +1,151 @@
+"""The tool loop of /chat over real HTTP: the dev instance's `tooler` model asks for tools."""
+
+import pytest
+
+from tests.test_streaming import create_chat, get_chat, stream
+
+
+def ask(url, token, content, **extra):
+    body = {"token": token, "model": "tooler", "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    response, lines = stream(url, "/chat", body)
+    assert response.status_code == 200
+    return lines
+
+
+def chat_requests(upstream):
+    return [r["body"] for r in upstream.requests() if r["path"] == "/api/chat"]
+
+
+def test_tool_round_trip(live, token_for, upstream):
+    token = token_for()
+    chat_id = create_chat(live.url, token)
+    lines = ask(live.url, token, 'call calculate {"expression": "6*7"}', chatfile=chat_id)
+    tool_lines = [line for line in lines if "tool" in line]
+    assert tool_lines == [{"status": "ok", "msg": "", "done": False, "tool": "calculate"}]
+    assert lines[-1]["done"] is True
+    assert lines[-1]["fullMsg"] == "Tool calculate said: 42"
+    assert lines[-1]["fullMsg"] == "".join(line["msg"] for line in lines[:-1])
+
+    first, second = chat_requests(upstream)
+    offered = {tool["function"]["name"] for tool in first["tools"]}
+    assert offered == {"current_time", "calculate", "search_chats"}
+    assert second["messages"][-2]["role"] == "assistant"
+    assert second["messages"][-2]["tool_calls"] == [
+        {"function": {"name": "calculate", "arguments": {"expression": "6*7"}}}
+    ]
+    assert second["messages"][-1] == {"role": "tool", "content": "42", "tool_name": "calculate"}
+
+    contents = get_chat(live.url, token, chat_id)
+    assert [m["role"] for m in contents] == ["user", "assistant", "tool", "assistant"]
+    assert contents[1]["tool_calls"][0]["function"]["name"] == "calculate"
+    assert contents[2]["content"] == "42"
+    assert contents[3]["content"] == "Tool calculate said: 42"
+    assert all(m["timestamp"].endswith("Z") for m in contents)
+
+    # The saved history goes back to the model unchanged, tool messages included.
+    history = [*contents, {"role": "user", "content": "thanks"}]
+    body = {"token": token, "model": "tooler", "messages": history, "chatfile": chat_id}
+    _, lines = stream(live.url, "/chat", body)
+    assert lines[-1]["done"] is True
+    sent = chat_requests(upstream)[-1]["messages"]
+    assert sent[1]["tool_calls"] == contents[1]["tool_calls"]
+    assert sent[2] == {"role": "tool", "content": "42", "tool_name": "calculate"}
+
+
+def test_two_calls_in_one_round(live, token_for):
+    lines = ask(
+        live.url,
+        token_for(),
+        'call calculate {"expression": "1+1"} and call current_time {"timezone": "UTC"}',
+    )
+    assert [line["tool"] for line in lines if "tool" in line] == ["calculate", "current_time"]
+    assert lines[-1]["fullMsg"].startswith("Tool calculate said: 2; ")
+
+
+def test_unknown_tool_is_answered_and_stream_goes_on(live, token_for, upstream):
+    lines = ask(live.url, token_for(), "call rm_rf {}")
+    assert [line["tool"] for line in lines if "tool" in line] == ["rm_rf"]
+    assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
+    tool_message = chat_requests(upstream)[-1]["messages"][-1]
+    assert tool_message["role"] == "tool"
+    assert tool_message["content"].startswith('error: unknown tool "rm_rf"')
+
+
+def test_failing_tool_and_bad_arguments(live, token_for, upstream):
+    lines = ask(live.url, token_for(), 'call calculate {"expression": "1/0"}')
+    assert lines[-1]["done"] is True
+    assert "error" in chat_requests(upstream)[-1]["messages"][-1]["content"]
+    lines = ask(live.url, token_for(), 'call calculate {"expr": 5}')
+    assert lines[-1]["done"] is True
+    assert "invalid arguments" in chat_requests(upstream)[-1]["messages"][-1]["content"]
+
+
+def test_slow_tool_times_out(make_live, token_for, upstream):
+    live = make_live(TOOLS=["tests.tool_examples:slow_tool"], TOOL_TIMEOUT=0.2)
+    lines = ask(live.url, token_for(), 'call slow_tool {"seconds": 3}')
+    assert lines[-1]["done"] is True
+    assert "timed out" in chat_requests(upstream)[-1]["messages"][-1]["content"]
+
+
+def test_operator_tools_get_the_callers_context(make_live, token_for, user, upstream):
+    live = make_live(TOOLS='["tests.tool_examples:whoami"]')
+    lines = ask(live.url, token_for(user), "call whoami")
+    assert lines[-1]["fullMsg"] == f"Tool whoami said: {user}"
+    offered = chat_requests(upstream)[0]["tools"]
+    assert [tool["function"]["name"] for tool in offered] == ["whoami"]
+
+
+def test_too_many_rounds_ends_with_a_note(make_live, token_for):
+    live = make_live(MAX_TOOL_ROUNDS=0)
+    lines = ask(live.url, token_for(), "call current_time")
+    assert not any("tool" in line for line in lines)  # no tool was run
+    assert "too many times" in lines[-1]["fullMsg"]
+    assert lines[-1]["done"] is True
+
+
+def test_search_sees_only_the_callers_chats(live, token_for):
+    alice, bob = token_for(), token_for()
+    chat_id = create_chat(live.url, alice)
+    stream(
+        live.url,
+        "/chat",
+        {
+            "token": alice,
+            "model": "echo",
+            "chatfile": chat_id,
+            "messages": [{"role": "user", "content": "my secret is pineapple"}],
+        },
+    )
+    found = ask(live.url, alice, 'call search_chats {"query": "pineapple"}')[-1]["fullMsg"]
+    assert chat_id in found
+    missed = ask(live.url, bob, 'call search_chats {"query": "pineapple"}')[-1]["fullMsg"]
+    assert chat_id not in missed
+    assert "No matches" in missed
+
+
+def test_models_without_tools_are_offered_none(live, token_for, upstream):
+    stream(
+        live.url,
+        "/chat",
+        {
+            "token": token_for(),
+            "model": "echo",
+            "messages": [{"role": "user", "content": "call calculate {}"}],
+        },
+    )
+    assert "tools" not in chat_requests(upstream)[-1]
+
+
+def test_no_tools_configured(make_live, token_for, upstream):
+    live = make_live(TOOLS=[])
+    lines = ask(live.url, token_for(), "call calculate {}")
+    assert "tools" not in chat_requests(upstream)[-1]
+    assert lines[-1]["fullMsg"].startswith("You said:")
+
+
+def test_bad_tool_path_fails_at_start(make_app):
+    from chatsite.tools import ToolConfigError
+
+    with pytest.raises(ToolConfigError, match="no_such_module"):
+        make_app(TOOLS=["no_such_module:tool"])

@@ -1,0 +1,370 @@
+"""The Coordinator implementations: shared behaviour, flock across processes, Redis TTLs."""
+
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import gevent
+import pytest
+import redis
+
+from chatsite.coordination import LocalCoordinator
+from chatsite.coordination_files import FileCoordinator, instance_key
+from chatsite.coordination_redis import RedisCoordinator
+
+REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
+ROOT = Path(__file__).resolve().parent.parent
+URL = "http://chat-1.internal:8000/v1"
+OTHER_URL = "http://chat-2.internal:8000/v1"
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def redis_prefix():
+    """A prefix of this test alone; its keys are deleted afterwards."""
+    if not REDIS_URL:
+        pytest.skip("CHATSITE_TEST_REDIS_URL is not set")
+    prefix = f"chatsite-test-{uuid.uuid4().hex}"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def raw(redis_prefix):
+    """A plain client for looking at (and tampering with) the keys."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_redis(redis_prefix):
+    """Build RedisCoordinators on this test's prefix; close them all afterwards."""
+    made = []
+
+    def make(ttl: float = 15.0) -> RedisCoordinator:
+        made.append(RedisCoordinator(REDIS_URL, prefix=redis_prefix, ttl=ttl))
+        return made[-1]
+
+    yield make
+    for coordinator in made:
+        coordinator.close()
+
+
+@pytest.fixture(params=["local", "files", "redis"])
+def coordinator(request, tmp_path):
+    if request.param == "local":
+        return LocalCoordinator()
+    if request.param == "files":
+        return FileCoordinator(str(tmp_path / "locks"))
+    return request.getfixturevalue("make_redis")()
+
+
+# -- shared behaviour --
+
+
+def test_user_lock_is_exclusive_and_retakeable(coordinator):
+    user = new_user()
+    lease = coordinator.try_lock_user(user)
+    assert lease is not None
+    assert coordinator.try_lock_user(user) is None
+    other = coordinator.try_lock_user(new_user())
+    assert other is not None
+    lease.release()
+    again = coordinator.try_lock_user(user)
+    assert again is not None
+    again.release()
+    other.release()
+
+
+def test_release_is_idempotent_and_spares_the_next_holder(coordinator):
+    user = new_user()
+    first = coordinator.try_lock_user(user)
+    first.release()
+    first.release()
+    second = coordinator.try_lock_user(user)
+    assert second is not None
+    first.release()
+    assert coordinator.try_lock_user(user) is None
+    second.release()
+
+    slot = coordinator.try_acquire_slot(URL, 1)
+    slot.release()
+    next_slot = coordinator.try_acquire_slot(URL, 1)
+    assert next_slot is not None
+    slot.release()
+    assert coordinator.try_acquire_slot(URL, 1) is None
+    assert coordinator.slots_in_use(URL) == 1
+    next_slot.release()
+    assert coordinator.slots_in_use(URL) == 0
+
+
+def test_capacity_is_respected(coordinator):
+    first = coordinator.try_acquire_slot(URL, 2)
+    second = coordinator.try_acquire_slot(URL, 2)
+    assert first is not None and second is not None
+    assert coordinator.try_acquire_slot(URL, 2) is None
+    elsewhere = coordinator.try_acquire_slot(OTHER_URL, 2)
+    assert elsewhere is not None
+    first.release()
+    third = coordinator.try_acquire_slot(URL, 2)
+    assert third is not None
+    assert coordinator.try_acquire_slot(URL, 2) is None
+    for lease in (second, third, elsewhere):
+        lease.release()
+    assert coordinator.try_acquire_slot(URL, 0) is None
+
+
+def test_slots_in_use_counts(coordinator):
+    assert coordinator.slots_in_use(URL) == 0
+    leases = []
+    for expected in (1, 2, 3):
+        leases.append(coordinator.try_acquire_slot(URL, 3))
+        assert coordinator.slots_in_use(URL) == expected
+    assert coordinator.slots_in_use(OTHER_URL) == 0
+    for expected, lease in zip((2, 1, 0), leases, strict=True):
+        lease.release()
+        assert coordinator.slots_in_use(URL) == expected
+
+
+def test_racing_threads_get_exactly_capacity(coordinator):
+    start = threading.Barrier(12)
+    got = []
+
+    def take() -> None:
+        start.wait()
+        got.append(coordinator.try_acquire_slot(URL, 4))
+
+    threads = [threading.Thread(target=take) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [lease for lease in got if lease is not None]
+    assert len(held) == 4
+    assert coordinator.slots_in_use(URL) == 4
+    for lease in held:
+        lease.release()
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.02, 0.2])
+def test_wait_for_release_returns_within_timeout(coordinator, timeout):
+    held = coordinator.try_acquire_slot(URL, 1)
+    started = time.monotonic()
+    coordinator.wait_for_release(timeout)
+    assert time.monotonic() - started < timeout + 0.1
+    held.release()
+
+
+# -- FileCoordinator --
+
+
+def test_file_layout_and_permissions(tmp_path):
+    coordinator = FileCoordinator(str(tmp_path / "locks"))
+    user = new_user()
+    lease = coordinator.try_lock_user(user)
+    slot = coordinator.try_acquire_slot(URL, 1)
+    locks = tmp_path / "locks"
+    for folder in (locks, locks / "users", locks / "slots"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for file in (locks / "users" / f"{user}.lock", locks / "slots" / f"{instance_key(URL)}.0.lock"):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert not os.get_inheritable(lease._fd)  # O_CLOEXEC: no leak into spawned programs
+    lease.release()
+    slot.release()
+
+
+def test_bad_user_ids_are_rejected(tmp_path):
+    coordinator = FileCoordinator(str(tmp_path / "locks"))
+    for bad in ["", "../../etc/passwd", "not-a-uuid", "x" * 36, "/tmp/x", None, 42]:
+        with pytest.raises(ValueError):
+            coordinator.try_lock_user(bad)
+    assert list((tmp_path / "locks" / "users").iterdir()) == []
+
+
+def test_other_spellings_of_a_uuid_share_the_lock(tmp_path):
+    coordinator = FileCoordinator(str(tmp_path / "locks"))
+    user = uuid.uuid4()
+    lease = coordinator.try_lock_user(str(user))
+    assert coordinator.try_lock_user(str(user).upper()) is None
+    assert coordinator.try_lock_user(user.hex) is None
+    lease.release()
+
+
+def test_two_opens_in_one_process_exclude_each_other(tmp_path):
+    """flock belongs to the open file description: workers and greenlets alike conflict."""
+    first = FileCoordinator(str(tmp_path / "locks"))
+    second = FileCoordinator(str(tmp_path / "locks"))
+    user = new_user()
+    lease = first.try_lock_user(user)
+    assert second.try_lock_user(user) is None
+    slot = first.try_acquire_slot(URL, 1)
+    assert second.try_acquire_slot(URL, 1) is None
+    assert second.slots_in_use(URL) == 1  # never acquired here: counts the existing files
+    lease.release()
+    slot.release()
+    assert second.try_lock_user(user) is not None
+
+
+def test_greenlets_exclude_each_other(tmp_path):
+    coordinator = FileCoordinator(str(tmp_path / "locks"))
+    user = new_user()
+    seen = []
+
+    def holder() -> None:
+        lease = coordinator.try_lock_user(user)
+        seen.append(lease is not None)
+        gevent.sleep(0.05)
+        lease.release()
+
+    def contender() -> None:
+        seen.append(coordinator.try_lock_user(user))
+
+    gevent.joinall([gevent.spawn(holder), gevent.spawn(contender)], raise_error=True)
+    assert seen == [True, None]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from chatsite.coordination_files import FileCoordinator
+    coordinator = FileCoordinator(sys.argv[1])
+    print(coordinator.try_lock_user(sys.argv[2]) is None, flush=True)
+    user = coordinator.try_lock_user(sys.argv[3])
+    slot = coordinator.try_acquire_slot(sys.argv[4], 1)
+    print(user is not None and slot is not None, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_file_locks_span_processes_and_die_with_the_holder(tmp_path):
+    locks = str(tmp_path / "locks")
+    coordinator = FileCoordinator(locks)
+    mine, theirs = new_user(), new_user()
+    held = coordinator.try_lock_user(mine)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, locks, mine, theirs, URL],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "True"  # the child saw our lock
+        assert child.stdout.readline().strip() == "True"  # and took its own
+        assert coordinator.try_lock_user(theirs) is None
+        assert coordinator.try_acquire_slot(URL, 1) is None
+        assert coordinator.slots_in_use(URL) == 1
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+        lease = coordinator.try_lock_user(theirs)
+        assert lease is not None
+        assert coordinator.slots_in_use(URL) == 0
+        assert coordinator.try_acquire_slot(URL, 1) is not None
+        lease.release()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+        held.release()
+
+
+# -- RedisCoordinator --
+
+
+def test_redis_error_on_acquire_raises():
+    coordinator = RedisCoordinator("redis://127.0.0.1:1/0", prefix="chatsite-test-down")
+    with pytest.raises(redis.ConnectionError):
+        coordinator.try_lock_user(new_user())
+    with pytest.raises(redis.ConnectionError):
+        coordinator.try_acquire_slot(URL, 2)
+    coordinator.close()
+
+
+def test_redis_keys_are_namespaced(make_redis, raw, redis_prefix):
+    coordinator = make_redis()
+    user = new_user()
+    lease = coordinator.try_lock_user(user)
+    slot = coordinator.try_acquire_slot(URL, 2)
+    keys = {key.decode() for key in raw.scan_iter(match=f"{redis_prefix}:*")}
+    assert f"{redis_prefix}:user:{user}" in keys
+    assert any(key.startswith(f"{redis_prefix}:slot:") for key in keys)
+    assert 0 < raw.pttl(f"{redis_prefix}:user:{user}") <= 15000
+    with pytest.raises(ValueError):
+        coordinator.try_lock_user("../not-a-uuid")
+    assert make_redis().slots_in_use(URL) == 1  # a worker that never acquired still counts
+    lease.release()
+    slot.release()
+    assert not raw.exists(f"{redis_prefix}:user:{user}")
+
+
+def test_redis_release_spares_a_stolen_key(make_redis, raw, redis_prefix):
+    coordinator = make_redis()
+    user = new_user()
+    lease = coordinator.try_lock_user(user)
+    raw.set(lease.key, "someone-else")  # as if it expired and another host took it
+    lease.release()
+    assert raw.get(lease.key) == b"someone-else"
+
+    slot = coordinator.try_acquire_slot(URL, 1)
+    raw.set(slot.key, "someone-else")
+    slot.release()
+    assert raw.get(slot.key) == b"someone-else"
+
+
+def test_redis_lost_lease_is_reported(make_redis, raw, caplog):
+    coordinator = make_redis(ttl=0.3)
+    lease = coordinator.try_lock_user(new_user())
+    raw.set(lease.key, "someone-else")
+    with caplog.at_level(logging.WARNING, logger="chatsite.coordination_redis"):
+        time.sleep(0.25)
+    assert any("lost" in record.getMessage() for record in caplog.records)
+    lease.release()
+    assert raw.get(lease.key) == b"someone-else"
+
+
+def test_redis_renewal_keeps_a_lease_alive(make_redis, raw):
+    coordinator = make_redis(ttl=0.5)
+    user = new_user()
+    lease = coordinator.try_lock_user(user)
+    slot = coordinator.try_acquire_slot(URL, 1)
+    time.sleep(1.5)
+    assert raw.get(lease.key) == lease.token.encode()
+    assert raw.get(slot.key) == slot.token.encode()
+    assert coordinator.try_lock_user(user) is None
+    assert coordinator.try_acquire_slot(URL, 1) is None
+    lease.release()
+    slot.release()
+    assert not raw.exists(lease.key, slot.key)
+
+
+def test_redis_leases_of_a_crashed_host_expire(make_redis, raw):
+    crashed = make_redis(ttl=0.5)
+    user = new_user()
+    lease = crashed.try_lock_user(user)
+    slot = crashed.try_acquire_slot(URL, 1)
+    crashed.close()  # the renewer stops; nothing is released
+    with pytest.raises(RuntimeError):
+        crashed.try_lock_user(new_user())
+    assert 0 < raw.pttl(lease.key) <= 500
+    survivor = make_redis(ttl=0.5)
+    assert survivor.try_lock_user(user) is None
+    time.sleep(0.55)
+    assert not raw.exists(lease.key, slot.key)
+    assert survivor.try_lock_user(user) is not None
+    assert survivor.try_acquire_slot(URL, 1) is not None
