@@ -44,10 +44,25 @@ def create_app(
     cors.init_app(app)
     cli.init_app(app)
     app.extensions["chatsite"] = build_site(app)
+    hops = int(app.config["PROXY_HOPS"])
+    if hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
 
-    from .api import chat, create_chat, generate, get_chat, models, settings, update_settings
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
-    for module in (settings, update_settings, create_chat, get_chat, models, generate, chat):
+    from .api import (
+        chat,
+        create_chat,
+        generate,
+        get_chat,
+        health,
+        models,
+        settings,
+        update_settings,
+    )
+
+    endpoints = (settings, update_settings, create_chat, get_chat, models, generate, chat, health)
+    for module in endpoints:
         app.register_blueprint(module.bp)
     return app
 

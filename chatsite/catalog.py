@@ -21,6 +21,7 @@ class Instance:
     max_concurrent: int
     client: OllamaClient
     cool_until: float = 0.0
+    reachable: bool = False
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cooling(self, now: float | None = None) -> bool:
@@ -93,9 +94,11 @@ class ModelCatalog:
                 if name != ":latest":
                     models[name] = describe(entry, self._capabilities_of(instance, name, entry))
             instance.models = models
+            instance.reachable = True
         except UpstreamError as error:
             log.warning("chat instance %s left out: %s", instance.url, error.msg)
             instance.models = {}
+            instance.reachable = False
             instance.cool_until = time.monotonic() + self.cooldown
 
     def _capabilities_of(self, instance: Instance, name: str, entry: dict) -> list[str]:
@@ -119,7 +122,7 @@ class ModelCatalog:
     def reachable(self) -> bool:
         """Tell whether any instance answered the last refresh."""
         self.refresh()
-        return any(instance.models for instance in self.instances)
+        return any(instance.reachable for instance in self.instances)
 
     def capabilities(self, model: str) -> set[str] | None:
         """Return the model's capabilities, or None if no instance serves it."""

@@ -47,5 +47,8 @@ LEASE_TTL = 15.0
 LOCK_DIR = None
 USER_LOCK_RETRY_AFTER = 2
 
+# Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1).
+PROXY_HOPS = 0
+
 # Cross-origin front-end dev servers.
 CORS_ORIGINS = []

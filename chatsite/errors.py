@@ -2,6 +2,7 @@
 
 import logging
 
+import peewee
 from flask import Flask, jsonify
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -63,6 +64,12 @@ def register_error_handlers(app: Flask) -> None:
         msg = {413: "request body too large"}.get(error.code, error.description)
         headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         return error_response(error.code or 500, msg, headers=headers)
+
+    @app.errorhandler(peewee.OperationalError)
+    @app.errorhandler(peewee.InterfaceError)
+    def handle_database_down(error: Exception):
+        log.error("database unavailable: %s", error)
+        return error_response(503, "service temporarily unavailable")
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):

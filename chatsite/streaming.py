@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import orjson
 from flask import Response
 
+from . import shutdown
 from .coordination import Lease
 from .pool import Slot
 from .upstream import UpstreamError, UpstreamStream
@@ -40,6 +41,7 @@ class StreamedReply:
         self.user_lease = user_lease
         self.pieces: list[str] = []
         self._finished = False
+        self._greenlet = None
         self._body = self._lines()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -53,12 +55,17 @@ class StreamedReply:
         """Persist what the reply produced (the chat file), before locks are freed."""
 
     def _lines(self) -> Iterator[bytes]:
+        self._greenlet = _current_greenlet()
+        shutdown.track(self)
         try:
             yield from self.produce()
         except UpstreamError as error:
             log.warning("stream from %s failed: %s", self.slot.instance.url, error.msg)
             self.finish(complete=False)
             yield error_line(error.msg)
+        except shutdown.Draining as error:
+            self.finish(complete=False)
+            yield error_line(str(error))
         except Exception:
             log.exception("stream failed")
             self.finish(complete=False)
@@ -69,6 +76,7 @@ class StreamedReply:
         if self._finished:
             return
         self._finished = True
+        shutdown.untrack(self)
         try:
             self.on_finish(complete)
         except Exception:
@@ -78,12 +86,30 @@ class StreamedReply:
             self.slot.release()
             self.user_lease.release()
 
+    def interrupt(self, error: BaseException) -> None:
+        """End the stream from outside (worker shutdown): raise `error` where it waits."""
+        if self._greenlet is not None and not self._finished:
+            import gevent
+
+            gevent.kill(self._greenlet, error, block=False)
+
     def close(self) -> None:
         """Called by the WSGI server when the response ends, however it ends."""
         try:
             self._body.close()
         finally:
             self.finish(complete=False)
+
+
+def _current_greenlet():
+    """The greenlet running this stream, when gevent runs the server."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return None
+    import gevent
+
+    return gevent.getcurrent()
 
 
 def ndjson_response(reply: StreamedReply) -> Response:
