@@ -63,7 +63,9 @@ class TokenVerifier:
             self._key = config["JWT_PUBLIC_KEY"]
         elif config.get("JWT_JWKS_URL"):
             self._key = None
-            self._jwks = jwt.PyJWKClient(config["JWT_JWKS_URL"], cache_keys=True, lifespan=300)
+            self._jwks = jwt.PyJWKClient(
+                config["JWT_JWKS_URL"], cache_keys=True, lifespan=300, timeout=5
+            )
         else:
             raise ConfigError("CHATSITE_JWT_PUBLIC_KEY or CHATSITE_JWT_JWKS_URL must be set")
 

@@ -153,3 +153,46 @@ def test_app_refuses_to_start_without_secret(tmp_path):
 
     with pytest.raises(ConfigError):
         create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}, instance_path=str(tmp_path))
+
+
+def test_jwks_url_keys_are_fetched_and_used(make_app, user):
+    """RS256 keys from a JWKS endpoint (a real local HTTP server), cached by PyJWKClient."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from jwt.algorithms import RSAAlgorithm
+
+    private, public = rsa_keys()
+    jwk = json.loads(RSAAlgorithm.to_jwk(serialization.load_pem_public_key(public.encode())))
+    jwk.update({"kid": "key-1", "use": "sig", "alg": "RS256"})
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            body = json.dumps({"keys": [jwk]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
+        client = make_app(JWT_ALGORITHMS=["RS256"], JWT_JWKS_URL=url, JWT_SECRET=None).test_client()
+        claims = {"sub": user, "exp": int(time.time()) + 60}
+        good = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "key-1"})
+        for _ in range(3):
+            assert client.post("/settings", json={"token": good}).status_code == 200
+        assert len(hits) == 1  # cached
+        unknown_kid = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "other"})
+        assert client.post("/settings", json={"token": unknown_kid}).status_code == 401
+    finally:
+        server.shutdown()
+        server.server_close()
