@@ -1,6 +1,7 @@
 """The database: bound from a URL in the factory, one connection per request."""
 
 import logging
+from urllib.parse import parse_qsl, urlparse
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -32,7 +33,8 @@ class BaseModel(Model):
 
 
 def open_database(url: str) -> Any:
-    """Open a Peewee database from a URL, tuned for its engine."""
+    """Open a Peewee database from a URL, tuned for its engine; the URL's own query wins."""
+    given = {key for key, _ in parse_qsl(urlparse(url).query)}
     options: dict[str, Any] = {"autoconnect": False}
     scheme = url.split(":", 1)[0]
     if scheme.startswith("sqlite"):
@@ -40,10 +42,8 @@ def open_database(url: str) -> Any:
         options["timeout"] = 10
     if scheme.endswith("+pool"):
         # A finite wait for a pooled connection: fail clearly instead of hanging a worker.
-        options.setdefault("max_connections", 8)
-        options.setdefault("stale_timeout", 300)
-        options["timeout"] = 10
-    return connect_url(url, **options)
+        options.update(max_connections=8, stale_timeout=300, timeout=10)
+    return connect_url(url, **{k: v for k, v in options.items() if k not in given})
 
 
 def write_transaction() -> AbstractContextManager:
