@@ -1,9 +1,9 @@
 """The database: bound from a URL in the factory, one connection per request."""
 
 import logging
-from urllib.parse import parse_qsl, urlparse
 from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import parse_qsl, urlparse
 
 import click
 from flask import Flask, current_app, request
