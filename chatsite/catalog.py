@@ -75,16 +75,25 @@ class ModelCatalog:
         self._capabilities: dict[tuple[str, str, str], list[str]] = {}
 
     def refresh(self, force: bool = False) -> None:
-        """Ask every instance for its models, when the cache is stale."""
+        """Ask every instance for its models when the cache is stale.
+
+        Only the first caller refreshes; while it does, others keep using the old list
+        (an unreachable instance can take a connect timeout to answer).
+        """
         if not force and time.monotonic() - self._fetched_at < self.ttl:
             return
-        with self._lock:
+        have_data = self._fetched_at != float("-inf")
+        if not self._lock.acquire(blocking=force or not have_data):
+            return
+        try:
             if not force and time.monotonic() - self._fetched_at < self.ttl:
                 return
             if self.instances:
                 with ThreadPoolExecutor(max_workers=min(8, len(self.instances))) as executor:
                     list(executor.map(self._refresh_instance, self.instances))
             self._fetched_at = time.monotonic()
+        finally:
+            self._lock.release()
 
     def _refresh_instance(self, instance: Instance) -> None:
         try:
