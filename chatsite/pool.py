@@ -50,7 +50,9 @@ class InstancePool:
         def load(instance: Instance) -> float:
             return coordinator.slots_in_use(instance.url) / instance.max_concurrent
 
-        for instance in sorted(candidates, key=load):
+        # Counting slots costs a lookup per slot with some coordinators: only to choose.
+        ordered = sorted(candidates, key=load) if len(candidates) > 1 else candidates
+        for instance in ordered:
             lease = coordinator.try_acquire_slot(instance.url, instance.max_concurrent)
             if lease is not None:
                 return Slot(instance, lease)
