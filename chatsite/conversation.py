@@ -118,8 +118,6 @@ class ChatReply(StreamedReply):
                 yield ndjson_line({"status": "ok", "msg": piece, "done": False})
             if isinstance(message.get("tool_calls"), list):
                 tool_calls.extend(clean_tool_call(call) for call in message["tool_calls"])
-            if line.get("done"):
-                break
         self.upstream.close()
         return tool_calls
 

@@ -15,7 +15,5 @@ class GenerateReply(StreamedReply):
             if piece:
                 pieces.append(piece)
                 yield ndjson_line({"status": "ok", "response": piece})
-            if line.get("done"):
-                break
         self.finish(complete=True)
         yield ndjson_line({"status": "ok", "response": "", "finalMsg": "".join(pieces)})

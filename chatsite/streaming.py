@@ -91,7 +91,7 @@ class StreamedReply:
         if self._greenlet is not None and not self._finished:
             import gevent
 
-            gevent.kill(self._greenlet, error, block=False)
+            gevent.kill(self._greenlet, error)  # asynchronous: never waits for it to die
 
     def close(self) -> None:
         """Called by the WSGI server when the response ends, however it ends."""

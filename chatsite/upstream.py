@@ -43,21 +43,31 @@ class UpstreamStream:
         self.max_line = max_line
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Yield parsed lines up to the one marked done, then read the body to its end.
+
+        A body read to its end lets the connection go back to the pool for the next
+        request; only a stream abandoned part-way has its connection closed.
+        """
+        done = False
         buffer = b""
         try:
             for chunk in self.response.iter_content(chunk_size=None):
                 if time.monotonic() > self.deadline:
                     raise UpstreamError("chat server took too long")
+                if done:
+                    continue
                 buffer = buffer + chunk if buffer else chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip():
-                        yield self._parse(line)
+                    if line.strip() and not done:
+                        data = self._parse(line)
+                        done = data.get("done") is True
+                        yield data
                 if len(buffer) > self.max_line:
                     raise UpstreamError("chat server sent an oversized line")
         except requests.RequestException as error:
             raise UpstreamError(f"chat server connection failed: {type(error).__name__}") from None
-        if buffer.strip():
+        if buffer.strip() and not done:
             yield self._parse(buffer)
 
     @staticmethod
