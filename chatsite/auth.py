@@ -27,6 +27,10 @@ ASYMMETRIC_ALGORITHMS = {
 }
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_CHARS = 8192
+# Verified tokens are remembered briefly: the signature check is most of a request's
+# sign-in cost, and a front end sends the same token with every request.
+VERIFIED_CACHE_SIZE = 10_000
+VERIFIED_CACHE_SECONDS = 60
 
 
 class ConfigError(RuntimeError):
@@ -52,6 +56,7 @@ class TokenVerifier:
         self.issuer = config.get("JWT_ISSUER") or None
         self.leeway = float(config.get("JWT_LEEWAY") or 0)
         self._jwks = None
+        self._verified: dict[str, tuple[str, float]] = {}
         if symmetric:
             secret = config.get("JWT_SECRET") or ""
             if len(secret.encode()) < MIN_SECRET_BYTES:
@@ -75,6 +80,24 @@ class TokenVerifier:
             raise ApiError(401, "missing token")
         if len(token) > MAX_TOKEN_CHARS:
             raise ApiError(401, "invalid token")
+        cached = self._verified.get(token)
+        now = time.time()
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        claims = self._verify(token)
+        try:
+            # The uuid names the user's chat folder, so only a real uuid is accepted.
+            subject = str(uuid.UUID(claims["sub"]))
+        except (TypeError, ValueError, AttributeError):
+            raise ApiError(401, "invalid token subject: not a uuid") from None
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        expires = float(claims["exp"]) + self.leeway
+        self._verified[token] = (subject, min(expires, now + VERIFIED_CACHE_SECONDS))
+        return subject
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """Check signature and claims; raise a 401 ApiError on any failure."""
         try:
             key = self._key
             if self._jwks is not None:
@@ -96,11 +119,7 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError) as error:
             log.info("rejected token: %s", type(error).__name__)
             raise ApiError(401, "invalid token") from None
-        try:
-            # The uuid names the user's chat folder, so only a real uuid is accepted.
-            return str(uuid.UUID(claims["sub"]))
-        except (TypeError, ValueError, AttributeError):
-            raise ApiError(401, "invalid token subject: not a uuid") from None
+        return claims
 
     def issue(self, subject: str, expires_in: int = 3600) -> str:
         """Sign a development token with the configured HS secret."""

@@ -1,9 +1,10 @@
 """The app's long-lived services, built once by the factory."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
+from marshmallow import Schema
 
 from .auth import TokenVerifier
 from .catalog import ModelCatalog
@@ -29,6 +30,14 @@ class Site:
     auto_create_users: bool = True
     max_chats: int = 10_000
     retry_after: int = 2
+    _schemas: dict[type, Schema] = field(default_factory=dict)
+
+    def schema(self, schema_class: type[Schema]) -> Schema:
+        """Return one shared instance per schema: loading keeps no state on it."""
+        instance = self._schemas.get(schema_class)
+        if instance is None:
+            instance = self._schemas[schema_class] = schema_class(limits=self.limits)
+        return instance
 
 
 def current_site() -> Site:

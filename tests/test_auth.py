@@ -196,3 +196,15 @@ def test_jwks_url_keys_are_fetched_and_used(make_app, user):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_remembered_token_still_expires(make_app, token_for, user):
+    """Verified tokens are cached briefly, but never past their `exp`."""
+    client = make_app(JWT_LEEWAY=0).test_client()
+    token = token_for(user, expires_in=2)
+    assert client.post("/settings", json={"token": token}).status_code == 200
+    assert client.post("/settings", json={"token": token}).status_code == 200  # from the cache
+    time.sleep(2.1)
+    response = client.post("/settings", json={"token": token})
+    assert response.status_code == 401
+    assert response.json["msg"] == "token expired"

@@ -31,4 +31,4 @@ def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
     body = json_object()
     site = current_site()
     user_id = site.tokens.user_id(body.get("token"))
-    return user_id, schema(limits=site.limits).load(body)
+    return user_id, site.schema(schema).load(body)
