@@ -62,7 +62,12 @@ def post_worker_init(worker):
     original = worker.handle_exit
 
     def handle_exit(sig, frame):
-        shutdown.begin_drain(grace)
+        # A signal handler runs inside gevent's hub, where nothing may block (starting the
+        # drain timer waits for its thread): start it from a greenlet, as gunicorn's gevent
+        # worker does for its own SIGQUIT and SIGUSR1 handlers.
+        import gevent
+
+        gevent.spawn(shutdown.begin_drain, grace)
         original(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)

@@ -5,6 +5,7 @@ import logging
 import peewee
 from flask import Flask, jsonify
 from marshmallow import ValidationError
+from playhouse.pool import MaxConnectionsExceeded
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(peewee.OperationalError)
     @app.errorhandler(peewee.InterfaceError)
+    @app.errorhandler(MaxConnectionsExceeded)
     def handle_database_down(error: Exception):
         log.error("database unavailable: %s", error)
         return error_response(503, "service temporarily unavailable")

@@ -1,18 +1,40 @@
 """Real servers for tests: the app under a threaded WSGI server, or under gunicorn."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from werkzeug.serving import make_server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gunicorn_quiet_args() -> tuple[str, ...]:
+    """gunicorn >= 25.1 opens a control socket in $HOME by default: not for test servers."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in version("gunicorn").split(".")[:2])
+    return ("--no-control-socket",) if (major, minor) >= (25, 1) else ()
+
+
+def need_service(reason: str) -> None:
+    """Skip a test whose service or binary is missing; fail it instead when CI requires them.
+
+    CI sets CHATSITE_TEST_REQUIRE_SERVICES=1: a missing service is then a broken set-up,
+    never a silently skipped test.
+    """
+    if os.environ.get("CHATSITE_TEST_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (CHATSITE_TEST_REQUIRE_SERVICES=1)", pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -68,29 +90,60 @@ class Gunicorn:
             str(workers),
             "-b",
             f"127.0.0.1:{self.port}",
+            *_gunicorn_quiet_args(),
             *extra_args,
             "wsgi:app",
         ]
         self.process = None
+        self.log_file = None
 
-    def start(self, token: str, timeout: float = 20.0):
+    def start(self, token: str | None, timeout: float = 20.0):
+        """Start gunicorn and wait until it serves `POST /settings` for `token`.
+
+        With no token, until it answers `GET /healthz` at all (even 503: no database needed).
+        """
+        # Logs go to a file, never to an unread pipe: a full pipe would block the server.
+        self.log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by __exit__
         self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.args, cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT
         )
+        try:
+            self.wait_ready(token, timeout)
+        except BaseException:
+            self.stop(sig=signal.SIGKILL)
+            raise
+        return self
+
+    def wait_ready(self, token: str | None, timeout: float = 20.0) -> None:
+        """Wait until gunicorn serves `POST /settings` (or, with no token, `GET /healthz`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"gunicorn exited: {self.process.stderr.read().decode()[-3000:]}"
-                )
+                raise RuntimeError(f"gunicorn exited: {self.log()}")
             try:
-                if requests.post(f"{self.url}/settings", json={"token": token}, timeout=2).ok:
-                    return self
-            except requests.ConnectionError:
+                if token is None:
+                    with requests.get(f"{self.url}/healthz", timeout=2) as response:
+                        if response.status_code in (200, 503):
+                            return
+                else:
+                    body = {"token": token}
+                    with requests.post(f"{self.url}/settings", json=body, timeout=2) as response:
+                        if response.ok:
+                            return
+            except requests.RequestException:
                 pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("gunicorn did not become ready")
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn did not become ready: {self.log()}")
+
+    def log(self, limit: int = 3000) -> str:
+        """The end of gunicorn's output (its error log and access log)."""
+        if self.log_file is None or self.log_file.closed:
+            return ""
+        # pread leaves the offset alone: gunicorn shares it and keeps appending there.
+        fd = self.log_file.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit)
+        return os.pread(fd, size - start, start).decode(errors="replace")
 
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
@@ -104,3 +157,95 @@ class Gunicorn:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+def nginx_binary() -> str | None:
+    """The nginx executable, if installed (Debian puts it in /usr/sbin)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+class Nginx:
+    """nginx in the foreground with a site config (`http`-level text) under `folder`."""
+
+    def __init__(self, binary: str, folder: Path, site: str):
+        self.binary = binary
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "site.conf").write_text(site)
+        temp = {
+            name: self.folder / f"{name}_temp"
+            for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        }
+        # Started as root, nginx runs its workers as `nobody`, who cannot write in pytest's
+        # private tmp folders: fine while no request body outgrows client_body_buffer_size
+        # (16k) and nothing is buffered to disk (proxy_buffering is off).
+        (self.folder / "nginx.conf").write_text(
+            "worker_processes 1;\n"
+            "events { worker_connections 256; }\n"
+            "http {\n"
+            "    access_log off;\n"
+            + "".join(f"    {name}_temp_path {path};\n" for name, path in temp.items())
+            + f"    include {self.folder / 'site.conf'};\n"
+            "}\n"
+        )
+        self.process = None
+
+    def start(self, port: int, timeout: float = 10.0):
+        """Run nginx and wait until it accepts connections on `port`."""
+        directives = (
+            f"daemon off; pid {self.folder / 'nginx.pid'}; error_log {self.folder / 'error.log'};"
+        )
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "-p",
+                str(self.folder),
+                "-c",
+                str(self.folder / "nginx.conf"),
+                "-g",
+                directives,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nginx exited: {self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"nginx did not start: {self.log()}")
+
+    def log(self) -> str:
+        path = self.folder / "error.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def stop(self, timeout: float = 10.0):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()  # fast shutdown: open streams are cut
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()

@@ -3,6 +3,7 @@
 from typing import Any
 
 from ..coordination import Lease
+from ..db import db
 from ..errors import ApiError
 from ..pool import Slot
 from ..site import Site
@@ -37,7 +38,14 @@ def lock_user(site: Site, user_id: str) -> Lease:
 def open_upstream(
     site: Site, user_lease: Lease, model: str, path: str, payload: dict[str, Any]
 ) -> tuple[Slot, UpstreamStream]:
-    """Start the upstream stream; on any failure give the user's lock back."""
+    """Start the upstream stream; on any failure give the user's lock back.
+
+    The request's database connection goes back first: nothing from here on uses it, and
+    waiting for a slot can take INSTANCE_WAIT_TIMEOUT seconds, during which a held pooled
+    connection would starve every other request of the worker.
+    """
+    if not db.is_closed():
+        db.close()
     try:
         return site.pool.open_stream(model, path, payload)
     except BaseException:
