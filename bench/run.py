@@ -382,9 +382,19 @@ class Chatsite:
             raise BenchError(f"gunicorn worker {old} died:\n{self.log_tail()}")
 
     def settle(self, baseline: int, timeout: float = 15) -> None:
-        """Wait until the worker's open descriptors are back near ``baseline``."""
+        """Wait until the worker's open descriptors are back near ``baseline``, or steady.
+
+        Pooled upstream connections stay open after a load, so "steady for half a
+        second" ends the wait too.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and open_fds(self.worker) > baseline + 20:
+        last, steady = -1, 0
+        while time.monotonic() < deadline:
+            fds = open_fds(self.worker)
+            if fds <= baseline + 20 or steady >= 5:
+                break
+            steady = steady + 1 if fds == last else 0
+            last = fds
             time.sleep(0.1)
         time.sleep(0.2)
 

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from .coordination import Lease
 
@@ -45,11 +46,12 @@ def canonical_user_id(user_id: str) -> str:
 class FileLease:
     """An flock held through an open descriptor; `release()` unlocks and closes it once."""
 
-    __slots__ = ("_fd", "_guard")
+    __slots__ = ("_after", "_fd", "_guard")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, after: Callable[[], None] | None = None) -> None:
         self._fd: int | None = fd
         self._guard = threading.Lock()  # a second close could hit a reused descriptor number
+        self._after = after
 
     def release(self) -> None:
         """Unlock and close; later calls do nothing."""
@@ -61,6 +63,8 @@ class FileLease:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+            if self._after is not None:
+                self._after()
 
 
 class FileCoordinator:
@@ -73,8 +77,11 @@ class FileCoordinator:
         for path in (self.lock_dir, self._users_dir, self._slots_dir):
             os.makedirs(path, mode=0o700, exist_ok=True)
         self._capacity: dict[str, int] = {}  # largest capacity seen per instance url
+        # Slots this process released lately: their files exist and are probably free, so
+        # trying them first saves creating new slot files and probing busy ones.
+        self._released: dict[str, list[int]] = {}
 
-    def _try_lock(self, path: str) -> Lease | None:
+    def _try_lock(self, path: str, after: Callable[[], None] | None = None) -> Lease | None:
         """Lock `path` at once, or return None if someone (even this process) holds it."""
         fd = os.open(path, _OPEN_FLAGS, 0o600)
         try:
@@ -87,7 +94,7 @@ class FileCoordinator:
         except BaseException:
             os.close(fd)
             raise
-        return FileLease(fd)
+        return FileLease(fd, after)
 
     def try_lock_user(self, user_id: str) -> Lease | None:
         """Take the user's lock at once, or None if any worker of this host holds it."""
@@ -103,12 +110,25 @@ class FileCoordinator:
             self._capacity[instance] = capacity
         if capacity <= 0:
             return None
+        released = self._released.setdefault(instance, [])
+        while released:
+            index = released.pop()
+            if index < capacity and (lease := self._try_slot(instance, index)) is not None:
+                return lease
         start = random.randrange(capacity)
         for step in range(capacity):
-            lease = self._try_lock(self._slot_path(instance, (start + step) % capacity))
+            lease = self._try_slot(instance, (start + step) % capacity)
             if lease is not None:
                 return lease
         return None
+
+    def _try_slot(self, instance: str, index: int) -> Lease | None:
+        released = self._released[instance]
+
+        def remember() -> None:
+            released.append(index)
+
+        return self._try_lock(self._slot_path(instance, index), remember)
 
     def _slot_indexes(self, instance: str) -> range | list[int]:
         """Slots to look at: up to the largest capacity seen, else the files that exist."""

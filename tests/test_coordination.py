@@ -368,3 +368,15 @@ def test_redis_leases_of_a_crashed_host_expire(make_redis, raw):
     assert not raw.exists(lease.key, slot.key)
     assert survivor.try_lock_user(user) is not None
     assert survivor.try_acquire_slot(URL, 1) is not None
+
+
+def test_file_slots_reuse_what_this_process_released(tmp_path):
+    """A released slot is tried first: no new slot files while load stays the same."""
+    from chatsite.coordination_files import FileCoordinator
+
+    coordinator = FileCoordinator(tmp_path)
+    for _ in range(50):
+        lease = coordinator.try_acquire_slot("http://gpu:11434", 5000)
+        assert lease is not None
+        lease.release()
+    assert len(list((tmp_path / "slots").iterdir())) == 1
