@@ -86,10 +86,6 @@ class LocalCoordinator:
         with self._changed:
             self._changed.wait(timeout)
 
-    def locked_users(self) -> int:
-        """Count users holding a lock (for tests and health checks)."""
-        return len(self._users)
-
 
 def make_coordinator(config: dict) -> Coordinator:
     """Pick the coordination that spans what the deployment needs.

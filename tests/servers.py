@@ -63,6 +63,17 @@ class ThreadedServer:
         self.server.server_close()
 
 
+def stop_process(process, sig=signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Signal a server process, then kill it if it has not exited within `timeout`."""
+    if process and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def wait_until(predicate, timeout=5.0, step=0.02):
     """Poll until predicate() is true; return its last value."""
     deadline = time.monotonic() + timeout
@@ -150,13 +161,7 @@ class Gunicorn:
         return [int(pid) for pid in children.split()]
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30.0):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, sig, timeout)
 
     def __enter__(self):
         return self
@@ -236,13 +241,7 @@ class Nginx:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def stop(self, timeout: float = 10.0):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # fast shutdown: open streams are cut
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, signal.SIGTERM, timeout)  # fast shutdown: streams are cut
 
     def __enter__(self):
         return self
