@@ -6,6 +6,7 @@ import peewee
 from flask import Flask, jsonify
 from marshmallow import ValidationError
 from playhouse.pool import MaxConnectionsExceeded
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(peewee.OperationalError)
     @app.errorhandler(peewee.InterfaceError)
     @app.errorhandler(MaxConnectionsExceeded)
-    def handle_database_down(error: Exception):
-        log.error("database unavailable: %s", error)
+    @app.errorhandler(RedisError)
+    def handle_backend_down(error: Exception):
+        log.error("backend unavailable: %s: %s", type(error).__name__, error)
         return error_response(503, "service temporarily unavailable")
 
     @app.errorhandler(Exception)

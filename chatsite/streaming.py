@@ -6,6 +6,7 @@ the response ends for any reason (done, error, client gone), and also when itera
 started, so cleanup lives there rather than in a generator's `finally`.
 """
 
+import contextlib
 import logging
 from collections.abc import Iterator
 
@@ -78,11 +79,14 @@ class StreamedReply:
         self._finished = True
         shutdown.untrack(self)
         try:
+            # First stop the GPU (a client that left must not keep it generating), then
+            # save, and only then free the user: a next request then sees the saved chat.
+            with contextlib.suppress(Exception):
+                self.upstream.close()
             self.on_finish(complete)
         except Exception:
             log.exception("could not save the reply")
         finally:
-            self.upstream.close()
             self.slot.release()
             self.user_lease.release()
 

@@ -686,3 +686,14 @@ def test_healthz_reports_database_and_instances(tmp_path, launch, upstream, toke
     assert status == 503
     assert body["status"] == "error" and body["database"] is True
     assert body["instances"][0]["reachable"] is False
+
+
+def test_redis_down_is_a_clean_503(make_app, token_for, upstream):
+    """Coordination through a Redis that does not answer: 503, never a traceback."""
+    from tests.servers import free_port
+
+    app = make_app(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", CHAT_INSTANCES=[upstream.url])
+    body = {"token": token_for(), "model": "echo", "messages": [{"role": "user", "content": "x"}]}
+    response = app.test_client().post("/chat", json=body)
+    assert response.status_code == 503
+    assert response.json == {"status": "error", "msg": "service temporarily unavailable"}
