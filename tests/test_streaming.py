@@ -447,3 +447,28 @@ def test_nothing_leaks_after_many_streams(live, token_for, upstream):
     assert site.coordinator.slots_in_use(upstream.url) == 0
     assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
     assert len(os.listdir("/proc/self/fd")) < fds_before + 40
+
+
+def test_upstream_read_timeout_ends_the_stream_in_band(make_live, token_for, user):
+    live = make_live(UPSTREAM_READ_TIMEOUT=0.3)
+    body = chat_body(token_for(user), model="slow", options={"dev_token_delay": 2})
+    response, lines = stream(live.url, "/chat", body)
+    assert response.status_code == 200
+    assert lines[-1]["status"] == "error" and lines[-1]["done"] is True
+    assert wait_until(lambda: user_is_free(live, user))
+
+
+def test_a_stream_closed_before_it_started_still_cleans_up(make_app, upstream, token_for, user):
+    """The WSGI server may close the body without ever iterating it (client gone at once)."""
+    app = make_app(CHAT_INSTANCES=[{"url": upstream.url, "max_concurrent": 1}])
+    client = app.test_client()
+    body = chat_body(token_for(user), model="slow", options={"dev_repeat": 50})
+    response = client.post("/chat", json=body, buffered=False)
+    assert response.status_code == 200
+    response.close()  # never iterated
+    site = app.extensions["chatsite"]
+    lease = site.coordinator.try_lock_user(user)
+    assert lease is not None  # the user's lock was released
+    lease.release()
+    assert site.coordinator.slots_in_use(upstream.url) == 0
+    assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
