@@ -116,6 +116,9 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise ApiError(401, "token expired") from None
+        except jwt.PyJWKClientConnectionError:
+            log.error("the JWKS endpoint is unreachable")
+            raise ApiError(503, "sign-in keys are unavailable, try again shortly") from None
         except (jwt.PyJWTError, ValueError) as error:
             log.info("rejected token: %s", type(error).__name__)
             raise ApiError(401, "invalid token") from None

@@ -8,7 +8,7 @@ from typing import Any
 
 from .coordination import Lease
 from .pool import Slot
-from .streaming import StreamedReply, ndjson_line
+from .streaming import NOT_SAVED, StreamedReply, error_line, ndjson_line
 from .upstream import UpstreamStream
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,9 @@ class ChatReply(StreamedReply):
             rounds += 1
             yield from self._run_tools(tool_calls)
             self.upstream = self.slot.instance.client.stream("/api/chat", self.payload)
-        self.finish(complete=True)
+        if not self.finish(complete=True):
+            yield error_line(NOT_SAVED)
+            return
         yield ndjson_line(
             {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
         )

@@ -8,6 +8,7 @@ Flask dev server.
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Prepare and run the development site on http://127.0.0.1:5000."""
     instance = Path("instance").resolve()
@@ -73,6 +78,8 @@ def main() -> None:
     print("Try:")
     print(f"""  curl -N localhost:5000/chat -d '{{"token": "{token}", "model": "echo",""")
     print("""        "messages": [{"role": "user", "content": "Hello!"}]}'\n""")
+    # `kill` of make run must not orphan the dev instance: treat SIGTERM like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     command = [sys.executable, "-m", "flask", "--app", "chatsite", "run", "--debug"]
     command += ["--host", "127.0.0.1", "--port", os.environ.get("PORT", "5000")]
     try:

@@ -87,9 +87,11 @@ class InstancePool:
             try:
                 slot = self.acquire(model, deadline, tried)
             except ApiError:
-                if last_error is not None:
-                    raise ApiError(500, last_error.msg) from None
-                raise
+                if last_error is None:
+                    raise
+                # Every instance said "no such model": the request's fault, not the server's.
+                code = 400 if last_error.status == 404 else 500
+                raise ApiError(code, last_error.msg) from None
             try:
                 return slot, slot.instance.client.stream(path, payload)
             except UpstreamError as error:

@@ -28,6 +28,9 @@ def ndjson_line(payload: dict) -> bytes:
     return orjson.dumps(payload) + b"\n"
 
 
+NOT_SAVED = "the reply could not be saved to the chat"
+
+
 def error_line(msg: str) -> bytes:
     """The last line of a stream that failed after it began."""
     return ndjson_line({"status": "error", "msg": msg, "done": True})
@@ -72,10 +75,13 @@ class StreamedReply:
             self.finish(complete=False)
             yield error_line("internal error")
 
-    def finish(self, complete: bool) -> None:
-        """Save, close the upstream and release the slot and the user lock, once."""
+    def finish(self, complete: bool) -> bool:
+        """Close the upstream, save, release the slot and the user lock, once.
+
+        Return False if the reply could not be saved.
+        """
         if self._finished:
-            return
+            return True
         self._finished = True
         shutdown.untrack(self)
         try:
@@ -86,9 +92,11 @@ class StreamedReply:
             self.on_finish(complete)
         except Exception:
             log.exception("could not save the reply")
+            return False
         finally:
             self.slot.release()
             self.user_lease.release()
+        return True
 
     def interrupt(self, error: BaseException) -> None:
         """End the stream from outside (worker shutdown): raise `error` where it waits."""

@@ -208,3 +208,16 @@ def test_remembered_token_still_expires(make_app, token_for, user):
     response = client.post("/settings", json={"token": token})
     assert response.status_code == 401
     assert response.json["msg"] == "token expired"
+
+
+def test_unreachable_jwks_is_503_not_401(make_app, user):
+    from tests.servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/jwks.json"
+    client = make_app(JWT_ALGORITHMS=["RS256"], JWT_JWKS_URL=url, JWT_SECRET=None).test_client()
+    private, _ = rsa_keys()
+    claims = {"sub": user, "exp": int(time.time()) + 60}
+    token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "key-1"})
+    response = client.post("/settings", json={"token": token})
+    assert response.status_code == 503
+    assert response.json["status"] == "error"

@@ -472,3 +472,31 @@ def test_a_stream_closed_before_it_started_still_cleans_up(make_app, upstream, t
     lease.release()
     assert site.coordinator.slots_in_use(upstream.url) == 0
     assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
+
+
+def test_model_gone_from_every_instance_is_400(make_live, token_for, upstream):
+    """The catalog still lists the model, but the instance no longer has it."""
+    live = make_live(MODELS_CACHE_SECONDS=60)
+    token = token_for()
+    assert requests.post(f"{live.url}/models", json={"token": token}).ok
+    upstream.fail_next(404, 1)
+    response = requests.post(f"{live.url}/chat", json=chat_body(token, model="echo"))
+    assert response.status_code == 400
+    assert response.json()["status"] == "error"
+
+
+def test_a_reply_that_cannot_be_saved_ends_with_an_error_line(live, token_for, monkeypatch):
+    token = token_for()
+    chat_id = create_chat(live.url, token)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("chatsite.api.chat.save_chat", broken_save)
+    _, lines = stream(live.url, "/chat", chat_body(token, model="echo", chatfile=chat_id))
+    assert lines[-1] == {
+        "status": "error",
+        "msg": "the reply could not be saved to the chat",
+        "done": True,
+    }
+    assert requests.post(f"{live.url}/chat", json=chat_body(token, model="echo")).ok
