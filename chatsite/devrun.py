@@ -5,6 +5,7 @@ chat instance when none is configured or reachable, prints a ready token, then r
 Flask dev server.
 """
 
+import contextlib
 import logging
 import os
 import secrets
@@ -78,15 +79,21 @@ def main() -> None:
     print("Try:")
     print(f"""  curl -N localhost:5000/chat -d '{{"token": "{token}", "model": "echo",""")
     print("""        "messages": [{"role": "user", "content": "Hello!"}]}'\n""")
-    # `kill` of make run must not orphan the dev instance: treat SIGTERM like Ctrl-C.
+    # Ctrl-C or `kill` of make run stops everything it started, never orphaning a server.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     command = [sys.executable, "-m", "flask", "--app", "chatsite", "run", "--debug"]
     command += ["--host", "127.0.0.1", "--port", os.environ.get("PORT", "5000")]
+    # Its own process group, so that stopping it also stops the reloader's child.
+    server = subprocess.Popen(command, start_new_session=True)
     try:
-        subprocess.run(command, check=False)
+        server.wait()
     except KeyboardInterrupt:
         pass
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
         if dev_instance is not None:
             dev_instance.terminate()
             dev_instance.wait(timeout=10)
