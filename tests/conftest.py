@@ -11,6 +11,7 @@ from playhouse.db_url import connect as connect_url
 
 from chatsite import create_app
 from chatsite.db import create_tables
+from tests.servers import need_service
 
 TEST_SECRET = "test-secret-" + "s" * 40
 PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
@@ -28,18 +29,38 @@ def _clean_environment():
     os.environ.update(saved)
 
 
+def service_url(variable: str, value: str | None) -> str:
+    """The service's URL, or skip (fail in CI) when it is not configured."""
+    if not value:
+        need_service(f"{variable} is not set")
+    return value
+
+
 @pytest.fixture
-def pg_schema_url():
-    """A PostgreSQL URL whose tables live in a schema of this test's own."""
-    if not PG_URL:
-        pytest.skip("CHATSITE_TEST_DATABASE_URL is not set")
+def pg_schema():
+    """(url, schema): a PostgreSQL schema of this test's own, dropped afterwards."""
+    base = service_url("CHATSITE_TEST_DATABASE_URL", PG_URL)
+    admin = connect_url(base)
+    try:
+        admin.connect()
+    except Exception as error:
+        need_service(f"PostgreSQL is unreachable: {type(error).__name__}")
     schema = f"chatsite_test_{uuid.uuid4().hex[:12]}"
-    admin = connect_url(PG_URL)
     admin.execute_sql(f'CREATE SCHEMA "{schema}"')
-    separator = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{separator}options={quote(f'-csearch_path={schema}')}", schema
-    admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
-    admin.close()
+    try:
+        yield base, schema
+    finally:
+        admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()
+
+
+def pg_url(base: str, schema: str, scheme: str | None = None, **params) -> str:
+    """`base` with its tables in `schema`, another scheme (`postgres+pool`) and parameters."""
+    if scheme:
+        base = scheme + base[base.index("://") :]
+    params = {"options": f"-csearch_path={schema}", **params}
+    query = "&".join(f"{key}={quote(str(value))}" for key, value in params.items())
+    return f"{base}{'&' if '?' in base else '?'}{query}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,8 +68,7 @@ def database_url(request, tmp_path):
     """Run database-backed tests on SQLite and, when configured, PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'chatsite.db'}"
-    url, _ = request.getfixturevalue("pg_schema_url")
-    return url
+    return pg_url(*request.getfixturevalue("pg_schema"))
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import requests
@@ -27,7 +26,7 @@ import requests
 from chatsite import create_app
 from chatsite.coordination_files import FileCoordinator
 from chatsite.db import create_tables
-from tests.conftest import PG_URL, REDIS_URL, TEST_SECRET
+from tests.conftest import REDIS_URL, TEST_SECRET, pg_url, service_url
 from tests.servers import ROOT, Gunicorn, Nginx, free_port, need_service, nginx_binary, wait_until
 
 BUSY = "a request from this user is already being processed"
@@ -111,41 +110,6 @@ def launch(upstream):
             server.process.send_signal(signal.SIGTERM)
     for server in servers:
         server.__exit__(None, None, None)
-
-
-def service_url(variable: str, value: str | None) -> str:
-    if not value:
-        need_service(f"{variable} is not set")
-    return value
-
-
-@pytest.fixture
-def pg_schema():
-    """(url, schema): a PostgreSQL schema of this test's own, dropped afterwards."""
-    from playhouse.db_url import connect as connect_url
-
-    base = service_url("CHATSITE_TEST_DATABASE_URL", PG_URL)
-    admin = connect_url(base)
-    try:
-        admin.connect()
-    except Exception as error:
-        need_service(f"PostgreSQL is unreachable: {type(error).__name__}")
-    schema = f"chatsite_test_{uuid.uuid4().hex[:12]}"
-    admin.execute_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield base, schema
-    finally:
-        admin.execute_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
-
-
-def pg_url(base: str, schema: str, scheme: str | None = None, **params) -> str:
-    """`base` with its tables in `schema`, another scheme (`postgres+pool`) and parameters."""
-    if scheme:
-        base = scheme + base[base.index("://") :]
-    params = {"options": f"-csearch_path={schema}", **params}
-    query = "&".join(f"{key}={quote(str(value))}" for key, value in params.items())
-    return f"{base}{'&' if '?' in base else '?'}{query}"
 
 
 @pytest.fixture
