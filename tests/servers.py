@@ -15,6 +15,8 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
+from chatsite.devrun import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -35,12 +37,6 @@ def need_service(reason: str) -> None:
     if os.environ.get("CHATSITE_TEST_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason} (CHATSITE_TEST_REQUIRE_SERVICES=1)", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThreadedServer:
