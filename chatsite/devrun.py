@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import create_app, defaults
 from .db import create_tables
+from .dev.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,6 @@ def listening(address: tuple[str, int]) -> bool:
             return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    """Ask the kernel for a free local port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from chatsite.devrun import free_port
+from chatsite.dev.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
