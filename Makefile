@@ -14,7 +14,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 run: venv
-	$(BIN)/python -m chatsite.devrun
+	$(BIN)/python -m chatsite.dev.run
 
 test: venv
 	$(BIN)/pytest

@@ -56,7 +56,7 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """On SIGTERM, let streams run until just before gunicorn's deadline, then end them."""
-    from chatsite import shutdown
+    from chatsite.streaming import drain
 
     grace = max(worker.cfg.graceful_timeout * 0.8, worker.cfg.graceful_timeout - 10)
     original = worker.handle_exit
@@ -67,7 +67,7 @@ def post_worker_init(worker):
         # worker does for its own SIGQUIT and SIGUSR1 handlers.
         import gevent
 
-        gevent.spawn(shutdown.begin_drain, grace)
+        gevent.spawn(drain.begin_drain, grace)
         original(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)

@@ -5,6 +5,13 @@ import os
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import cli, errors
+from .api import cors
+from .api.routes import BLUEPRINTS
+from .site import build_site
+from .storage import database
 
 log = logging.getLogger(__name__)
 
@@ -36,79 +43,14 @@ def create_app(
         app.config.update(test_config)
     _resolve_paths(app)
 
-    from . import auth, cli, cors, db, errors
-
     errors.register_error_handlers(app)
-    auth.init_app(app)
-    db.init_app(app)
+    database.init_app(app)
     cors.init_app(app)
     cli.init_app(app)
-    app.extensions["chatsite"] = build_site(app)
+    app.extensions["chatsite"] = build_site(app.config)
     hops = int(app.config["PROXY_HOPS"])
     if hops:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-
-    from .api import (
-        chat,
-        create_chat,
-        generate,
-        get_chat,
-        health,
-        models,
-        settings,
-        update_settings,
-    )
-
-    endpoints = (settings, update_settings, create_chat, get_chat, models, generate, chat, health)
-    for module in endpoints:
-        app.register_blueprint(module.bp)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
     return app
-
-
-def build_site(app: Flask):
-    """Build the long-lived services from the configuration."""
-    from . import auth
-    from .catalog import Instance, ModelCatalog, parse_instances
-    from .chatstore import make_chat_store
-    from .coordination import make_coordinator
-    from .pool import InstancePool
-    from .schemas import Limits
-    from .site import Site
-    from .tools import registry_from_config
-    from .upstream import OllamaClient
-
-    config = app.config
-    instances = [
-        Instance(
-            url=url,
-            max_concurrent=capacity,
-            client=OllamaClient(
-                url,
-                connect_timeout=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
-                read_timeout=float(config["UPSTREAM_READ_TIMEOUT"]),
-                max_seconds=float(config["UPSTREAM_MAX_SECONDS"]),
-                max_line=int(config["UPSTREAM_MAX_LINE_BYTES"]),
-                pool_size=max(capacity, 10),
-            ),
-        )
-        for url, capacity in parse_instances(config["CHAT_INSTANCES"])
-    ]
-    cooldown = float(config["INSTANCE_COOLDOWN"])
-    catalog = ModelCatalog(instances, float(config["MODELS_CACHE_SECONDS"]), cooldown)
-    coordinator = make_coordinator(config)
-    return Site(
-        tokens=auth.verifier(app),
-        limits=Limits.from_config(config),
-        chats=make_chat_store(config["CHAT_STORE"], config["CHAT_DIR"]),
-        catalog=catalog,
-        coordinator=coordinator,
-        pool=InstancePool(catalog, coordinator, float(config["INSTANCE_WAIT_TIMEOUT"]), cooldown),
-        tools=registry_from_config(config),
-        tool_timeout=float(config["TOOL_TIMEOUT"]),
-        max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
-        auto_create_users=bool(config["AUTO_CREATE_USERS"]),
-        max_chats=int(config["MAX_CHATS_PER_USER"]),
-        retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
-    )

@@ -2,13 +2,12 @@
 
 import logging
 import time
-import uuid
 from typing import Any
 
 import jwt
-from flask import Flask
 
 from .errors import ApiError
+from .ids import canonical_uuid
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class TokenVerifier:
         claims = self._verify(token)
         try:
             # The uuid names the user's chat folder, so only a real uuid is accepted.
-            subject = str(uuid.UUID(claims["sub"]))
+            subject = canonical_uuid(claims["sub"])
         except (TypeError, ValueError, AttributeError):
             raise ApiError(401, "invalid token subject: not a uuid") from None
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
@@ -135,13 +134,3 @@ class TokenVerifier:
         if self.issuer:
             claims["iss"] = self.issuer
         return jwt.encode(claims, self._key, algorithm=self.algorithms[0])
-
-
-def init_app(app: Flask) -> None:
-    """Build the verifier once; refuse to start on an unsafe configuration."""
-    app.extensions["chatsite.tokens"] = TokenVerifier(app.config)
-
-
-def verifier(app: Flask) -> TokenVerifier:
-    """Return the app's token verifier."""
-    return app.extensions["chatsite.tokens"]

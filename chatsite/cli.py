@@ -1,11 +1,18 @@
-"""Operator commands: `flask --app chatsite issue-token USER_UUID`."""
-
-import uuid
+"""Operator commands: `flask --app chatsite init-db`, `flask --app chatsite issue-token`."""
 
 import click
 from flask import Flask, current_app
 
-from .site import Site
+from .ids import canonical_uuid
+from .site import current_site
+from .storage.tables import create_tables
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the database tables (safe to run again)."""
+    create_tables()
+    click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
 
 
 @click.command("issue-token")
@@ -20,13 +27,13 @@ from .site import Site
 def issue_token_command(user_uuid: str, expires: int) -> None:
     """Print a JWT for USER_UUID signed with the configured HS secret."""
     try:
-        subject = str(uuid.UUID(user_uuid))
+        subject = canonical_uuid(user_uuid)
     except ValueError:
         raise click.BadParameter("must be a uuid", param_hint="USER_UUID") from None
-    site: Site = current_app.extensions["chatsite"]
-    click.echo(site.tokens.issue(subject, expires))
+    click.echo(current_site().tokens.issue(subject, expires))
 
 
 def init_app(app: Flask) -> None:
     """Register the operator commands."""
+    app.cli.add_command(init_db_command)
     app.cli.add_command(issue_token_command)

@@ -9,6 +9,10 @@ from playhouse.pool import MaxConnectionsExceeded
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from .llm.errors import InstanceFailed, InstanceRefused, NoInstanceAvailable, UnknownModel
+from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound
+from .storage.users import NO_USER_DATA, NoUserData
+
 log = logging.getLogger(__name__)
 
 
@@ -23,6 +27,19 @@ class ApiError(Exception):
         self.msg = msg
         self.status = status
         self.headers = headers or {}
+
+
+# The domain's own exceptions, and the HTTP code each one means for the client.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
+    NoInstanceAvailable: (504, None),
+    UnknownModel: (400, None),
+    InstanceRefused: (400, None),
+    InstanceFailed: (500, None),
+    ChatNotFound: (404, "chat not found"),
+    ChatLimitReached: (400, None),
+    ChatNotCreated: (500, None),
+    NoUserData: (500, NO_USER_DATA),
+}
 
 
 def error_response(code: int, msg: str, status: str = "error", headers: dict | None = None):
@@ -56,6 +73,13 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError):
         return error_response(error.code, error.msg, error.status, error.headers)
+
+    def handle_domain_error(error: Exception):
+        code, msg = DOMAIN_ERRORS[type(error)]
+        return error_response(code, msg or str(error))
+
+    for domain_error in DOMAIN_ERRORS:
+        app.register_error_handler(domain_error, handle_domain_error)
 
     @app.errorhandler(ValidationError)
     def handle_validation_error(error: ValidationError):

@@ -1,4 +1,4 @@
-"""The app's long-lived services, built once by the factory."""
+"""The app's long-lived services, typed and built in one place from the configuration."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -6,30 +6,32 @@ from typing import Any
 from flask import current_app
 from marshmallow import Schema
 
+from .api.schemas import Limits
 from .auth import TokenVerifier
-from .catalog import ModelCatalog
-from .chatstore import ChatStore
-from .coordination import Coordinator
-from .pool import InstancePool
-from .schemas import Limits
+from .coordination import Coordinator, make_coordinator
+from .llm.catalog import Instance, ModelCatalog, parse_instances
+from .llm.client import OllamaClient
+from .llm.pool import InstancePool
+from .storage.transcripts import TranscriptStore, make_transcript_store
+from .tools import ToolRegistry, registry_from_config
 
 
 @dataclass
 class Site:
-    """What the endpoints need, so that views stay thin."""
+    """What the endpoints need, so that views stay thin. Defaults live in `defaults.py`."""
 
     tokens: TokenVerifier
     limits: Limits
-    chats: ChatStore
+    transcripts: TranscriptStore
     catalog: ModelCatalog
     pool: InstancePool
     coordinator: Coordinator
-    tools: Any = None  # the tool registry, or None for no tools
-    tool_timeout: float = 5.0
-    max_tool_rounds: int = 5
-    auto_create_users: bool = True
-    max_chats: int = 10_000
-    retry_after: int = 2
+    tools: ToolRegistry | None  # None or empty: no tools are offered
+    tool_timeout: float
+    max_tool_rounds: int
+    auto_create_users: bool
+    max_chats: int
+    retry_after: int
     _schemas: dict[type, Schema] = field(default_factory=dict)
 
     def schema(self, schema_class: type[Schema]) -> Schema:
@@ -38,6 +40,46 @@ class Site:
         if instance is None:
             instance = self._schemas[schema_class] = schema_class(limits=self.limits)
         return instance
+
+
+def build_instances(config: dict[str, Any]) -> list[Instance]:
+    """One Instance, with its pooled HTTP client, per configured chat instance."""
+    return [
+        Instance(
+            url=url,
+            max_concurrent=capacity,
+            client=OllamaClient(
+                url,
+                connect_timeout=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
+                read_timeout=float(config["UPSTREAM_READ_TIMEOUT"]),
+                max_seconds=float(config["UPSTREAM_MAX_SECONDS"]),
+                max_line=int(config["UPSTREAM_MAX_LINE_BYTES"]),
+                pool_size=max(capacity, 10),
+            ),
+        )
+        for url, capacity in parse_instances(config["CHAT_INSTANCES"])
+    ]
+
+
+def build_site(config: dict[str, Any]) -> Site:
+    """Build the long-lived services; raise on an unsafe or invalid configuration."""
+    cooldown = float(config["INSTANCE_COOLDOWN"])
+    catalog = ModelCatalog(build_instances(config), float(config["MODELS_CACHE_SECONDS"]), cooldown)
+    coordinator = make_coordinator(config)
+    return Site(
+        tokens=TokenVerifier(config),
+        limits=Limits.from_config(config),
+        transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
+        catalog=catalog,
+        coordinator=coordinator,
+        pool=InstancePool(catalog, coordinator, float(config["INSTANCE_WAIT_TIMEOUT"]), cooldown),
+        tools=registry_from_config(config),
+        tool_timeout=float(config["TOOL_TIMEOUT"]),
+        max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
+        auto_create_users=bool(config["AUTO_CREATE_USERS"]),
+        max_chats=int(config["MAX_CHATS_PER_USER"]),
+        retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
+    )
 
 
 def current_site() -> Site:

@@ -10,7 +10,7 @@ import pytest
 from playhouse.db_url import connect as connect_url
 
 from chatsite import create_app
-from chatsite.db import create_tables
+from chatsite.storage.tables import create_tables
 from tests.servers import need_service
 
 TEST_SECRET = "test-secret-" + "s" * 40
@@ -133,7 +133,7 @@ def post(client):
 @pytest.fixture(scope="session")
 def dev_instance():
     """The shipped development chat instance, on a free port, for the whole session."""
-    from chatsite.devinstance import DevInstance
+    from chatsite.dev.instance import DevInstance
 
     with DevInstance().start() as instance:
         yield instance

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from chatsite.chatstore import FileChatStore
-from chatsite.models import ChatFile
+from chatsite.storage.tables import Chat
+from chatsite.storage.transcripts import FileTranscriptStore
 
 
 def create(post, token):
@@ -68,7 +68,7 @@ def test_get_chat_requires_chat_id(post, token_for):
 
 
 def test_store_paths_stay_inside_root(tmp_path):
-    store = FileChatStore(tmp_path)
+    store = FileTranscriptStore(tmp_path)
     user, chat = str(uuid.uuid4()), str(uuid.uuid4())
     assert store.path(user, chat).is_relative_to(tmp_path.resolve())
     for bad in ("../x", "..", "a/b"):
@@ -85,16 +85,16 @@ def test_failed_file_write_leaves_neither_file_nor_row(app, post, token_for, use
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("chatsite.chatstore.os.replace", broken_replace)
+    monkeypatch.setattr("chatsite.storage.transcripts.os.replace", broken_replace)
     response = post("/create-chat", {"token": token})
     assert response.status_code == 500
     assert response.json == {"status": "error", "msg": "could not create the chat"}
     monkeypatch.undo()
     with app.app_context():
-        from chatsite.db import db
+        from chatsite.storage.database import db
 
         with db.connection_context():
-            assert ChatFile.select().where(ChatFile.owner == user).count() == 1
+            assert Chat.select().where(Chat.owner == user).count() == 1
     user_dir = os.path.join(app.config["CHAT_DIR"], user)
     assert len(os.listdir(user_dir)) == 1  # no temp file, no second chat
 
@@ -103,13 +103,13 @@ def test_failed_row_insert_leaves_no_row_and_no_file(app, post, token_for, user,
     token = token_for(user)
     create(post, token)
 
-    original_create = ChatFile.create
+    original_create = Chat.create
 
     def create_then_fail(**fields):
         original_create(**fields)
         raise RuntimeError("database gone")
 
-    monkeypatch.setattr(ChatFile, "create", create_then_fail)
+    monkeypatch.setattr(Chat, "create", create_then_fail)
     assert post("/create-chat", {"token": token}).status_code == 500
     monkeypatch.undo()
     assert len(post("/settings", {"token": token}).json["chat_files"]["files"]) == 1
@@ -134,7 +134,7 @@ def test_stray_temp_files_are_cleaned(tmp_path):
     os.utime(stray, (0, 0))
     fresh = folder / ".tmp-new.json"
     fresh.write_text("[")
-    assert FileChatStore(tmp_path).clean_stray_temp_files() == 1
+    assert FileTranscriptStore(tmp_path).clean_stray_temp_files() == 1
     assert not stray.exists() and fresh.exists()
 
 

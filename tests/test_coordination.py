@@ -16,9 +16,7 @@ import gevent
 import pytest
 import redis
 
-from chatsite.coordination import LocalCoordinator
-from chatsite.coordination_files import FileCoordinator, instance_key
-from chatsite.coordination_redis import RedisCoordinator
+from chatsite.coordination import FileCoordinator, LocalCoordinator, RedisCoordinator, instance_key
 
 REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +240,7 @@ def test_greenlets_exclude_each_other(tmp_path):
 CHILD = textwrap.dedent(
     """
     import sys, time
-    from chatsite.coordination_files import FileCoordinator
+    from chatsite.coordination import FileCoordinator
     coordinator = FileCoordinator(sys.argv[1])
     print(coordinator.try_lock_user(sys.argv[2]) is None, flush=True)
     user = coordinator.try_lock_user(sys.argv[3])
@@ -331,7 +329,7 @@ def test_redis_lost_lease_is_reported(make_redis, raw, caplog):
     coordinator = make_redis(ttl=0.3)
     lease = coordinator.try_lock_user(new_user())
     raw.set(lease.key, "someone-else")
-    with caplog.at_level(logging.WARNING, logger="chatsite.coordination_redis"):
+    with caplog.at_level(logging.WARNING, logger="chatsite.coordination.redis"):
         time.sleep(0.25)
     assert any("lost" in record.getMessage() for record in caplog.records)
     lease.release()
@@ -372,7 +370,7 @@ def test_redis_leases_of_a_crashed_host_expire(make_redis, raw):
 
 def test_file_slots_reuse_what_this_process_released(tmp_path):
     """A released slot is tried first: no new slot files while load stays the same."""
-    from chatsite.coordination_files import FileCoordinator
+    from chatsite.coordination import FileCoordinator
 
     coordinator = FileCoordinator(tmp_path)
     for _ in range(50):

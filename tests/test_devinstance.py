@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from chatsite.devinstance import MAX_BODY, DevInstance, parse_tool_calls
+from chatsite.dev.instance import MAX_BODY, DevInstance, parse_tool_calls
 from tests.servers import wait_until
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]

@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from chatsite import create_app
-from chatsite.coordination_files import FileCoordinator
-from chatsite.db import create_tables
+from chatsite.coordination import FileCoordinator
+from chatsite.storage.tables import create_tables
 from tests.conftest import REDIS_URL, TEST_SECRET, pg_url, service_url
 from tests.servers import ROOT, Gunicorn, Nginx, free_port, need_service, nginx_binary, wait_until
 

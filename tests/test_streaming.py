@@ -232,7 +232,7 @@ def test_down_instance_is_skipped(make_live, token_for, upstream):
 
 
 def test_failing_instance_is_cooled_down_and_another_used(make_live, token_for):
-    from chatsite.devinstance import DevInstance
+    from chatsite.dev.instance import DevInstance
 
     with DevInstance().start() as first, DevInstance().start() as second:
         live = make_live(CHAT_INSTANCES=[first.url, second.url], MODELS_CACHE_SECONDS=60)
@@ -364,7 +364,7 @@ def test_partial_reply_saved_as_incomplete_on_disconnect(live, token_for, upstre
 
 
 def test_models_lists_union_once_with_capabilities(make_live, token_for, upstream):
-    from chatsite.devinstance import DevInstance
+    from chatsite.dev.instance import DevInstance
 
     with DevInstance().start() as other:
         live = make_live(CHAT_INSTANCES=[other.url, upstream.url])

@@ -15,7 +15,7 @@ from typing import Literal
 
 import pytest
 
-from chatsite.db import db
+from chatsite.storage.database import db
 from chatsite.tools import (
     MAX_RESULT_CHARS,
     ToolConfigError,
@@ -124,7 +124,7 @@ def kitchen_sink(
 
 @pytest.fixture
 def context():
-    return ToolContext(user_id=str(uuid.uuid4()), chats=None, now=lambda: PINNED)
+    return ToolContext(user_id=str(uuid.uuid4()), transcripts=None, now=lambda: PINNED)
 
 
 @pytest.fixture
@@ -435,11 +435,12 @@ GEVENT_SCRIPT = textwrap.dedent(
     import json, sys, time, uuid
     import gevent
     from chatsite import create_app
-    from chatsite.db import create_tables, db
-    from chatsite.models import ChatFile, User
+    from chatsite.storage.database import db
+    from chatsite.storage.tables import create_tables
+    from chatsite.storage.tables import Chat, User
     from chatsite.tools import ToolContext, ToolRegistry
     from chatsite.tools.builtin import search_chats
-    from chatsite.tools.timeout import gevent_patched
+    from chatsite.greenlets import gevent_active
     from tests import test_tools as t
 
     folder = sys.argv[1]
@@ -457,8 +458,8 @@ GEVENT_SCRIPT = textwrap.dedent(
     user, chat_id = str(uuid.uuid4()), str(uuid.uuid4())
     with db.connection_context():
         User.create(uuid=user)
-        ChatFile.create(id=chat_id, owner=user, name="New chat")
-    chats = app.extensions["chatsite"].chats
+        Chat.create(id=chat_id, owner=user, name="New chat")
+    chats = app.extensions["chatsite"].transcripts
     chats.create(user, chat_id, [{"role": "user", "content": "gevent banana"}])
 
     ticks = []
@@ -469,7 +470,7 @@ GEVENT_SCRIPT = textwrap.dedent(
             gevent.sleep(0.01)
 
     registry = ToolRegistry([t.slow, t.echo, search_chats])
-    context = ToolContext(user_id=user, chats=chats)
+    context = ToolContext(user_id=user, transcripts=chats)
     background = gevent.spawn(ticker)
     started = time.monotonic()
     slow = registry.run("slow", {}, context, timeout=0.2)
@@ -478,7 +479,7 @@ GEVENT_SCRIPT = textwrap.dedent(
     found = registry.run("search_chats", {"query": "banana"}, context, timeout=5)
     background.kill()
     print(json.dumps({
-        "patched": gevent_patched(),
+        "patched": gevent_active(),
         "slow": slow.content,
         "elapsed": elapsed,
         "ticks": len(ticks),
@@ -540,13 +541,13 @@ def test_current_time(builtins, context, zone, expected):
 
 
 def test_current_time_treats_a_naive_clock_as_utc(builtins):
-    naive = ToolContext(user_id="u", chats=None, now=lambda: PINNED.replace(tzinfo=None))
+    naive = ToolContext(user_id="u", transcripts=None, now=lambda: PINNED.replace(tzinfo=None))
     result = builtins.run("current_time", {"timezone": "Europe/Paris"}, naive, timeout=2)
     assert result.content.startswith("2024-03-01T00:30:15+01:00")
 
 
 def test_current_time_defaults_to_the_real_clock(builtins):
-    real = ToolContext(user_id="u", chats=None)
+    real = ToolContext(user_id="u", transcripts=None)
     result = builtins.run("current_time", {}, real, timeout=2)
     shown = datetime.datetime.fromisoformat(result.content.split(" ")[0])
     assert abs(shown - datetime.datetime.now(datetime.UTC)) < datetime.timedelta(seconds=5)
@@ -677,7 +678,7 @@ def new_chat(app, post, token_for, user, messages):
     assert response.status_code == 200, response.json
     chat_id = response.json["chatId"]
     with db.connection_context():
-        app.extensions["chatsite"].chats.write(user, chat_id, messages)
+        app.extensions["chatsite"].transcripts.write(user, chat_id, messages)
     return chat_id
 
 
@@ -687,7 +688,7 @@ def chat(*texts):
 
 
 def search(app, user, arguments):
-    context = ToolContext(user_id=user, chats=app.extensions["chatsite"].chats)
+    context = ToolContext(user_id=user, transcripts=app.extensions["chatsite"].transcripts)
     return ToolRegistry.from_paths(None).run("search_chats", arguments, context, timeout=5)
 
 
@@ -741,7 +742,7 @@ def test_search_skips_chats_without_contents(app, post, token_for, user):
     kept = new_chat(app, post, token_for, user, chat("plum jam"))
     lost = new_chat(app, post, token_for, user, chat("plum pie"))
     with db.connection_context():
-        app.extensions["chatsite"].chats.delete(user, lost)
+        app.extensions["chatsite"].transcripts.delete(user, lost)
     result = search(app, user, {"query": "plum"})
     assert result.ok
     assert [m["chat_id"] for m in json.loads(result.content)] == [kept]
@@ -749,7 +750,7 @@ def test_search_skips_chats_without_contents(app, post, token_for, user):
 
 def test_search_keeps_an_open_connection_open(app, post, token_for, user):
     new_chat(app, post, token_for, user, chat("fig"))
-    context = ToolContext(user_id=user, chats=app.extensions["chatsite"].chats)
+    context = ToolContext(user_id=user, transcripts=app.extensions["chatsite"].transcripts)
     db.connect()
     try:
         assert json.loads(search_chats(context, "fig"))[0]["excerpt"] == "fig"

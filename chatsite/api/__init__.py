@@ -1,1 +1,1 @@
-"""One blueprint per endpoint; `BLUEPRINTS` lists them for the factory."""
+"""The HTTP edge: one blueprint per endpoint, request parsing, admission, CORS."""

@@ -1,4 +1,4 @@
-"""Read a request body: JSON object, then the token, then the schema."""
+"""Read a request: the JSON object, then the token, then the schema; then the user."""
 
 from typing import Any
 
@@ -8,6 +8,8 @@ from marshmallow import Schema
 
 from ..errors import ApiError
 from ..site import current_site
+from ..storage.tables import User
+from ..storage.users import NO_USER_DATA, NoUserData, require_user
 
 
 def json_object() -> dict[str, Any]:
@@ -32,3 +34,17 @@ def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
     site = current_site()
     user_id = site.tokens.user_id(body.get("token"))
     return user_id, site.schema(schema).load(body)
+
+
+def user_record(user_id: str, nodata_status: bool = False) -> User:
+    """The user's record, created on first sight when allowed.
+
+    Without one: `/settings` answers 500, the endpoints that create things 400 with
+    status "nodata" (`nodata_status=True`), as the contract has it.
+    """
+    try:
+        return require_user(user_id, current_site().auto_create_users)
+    except NoUserData:
+        if not nodata_status:
+            raise
+        raise ApiError(400, NO_USER_DATA, status="nodata") from None

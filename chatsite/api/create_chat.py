@@ -2,11 +2,10 @@
 
 from flask import Blueprint
 
-from ..chats import create_chat as create_chat_for
-from ..schemas import TokenOnlySchema
 from ..site import current_site
-from ..users import require_user
-from .body import authenticated
+from ..storage.chats import create_chat as create_chat_for
+from .body import authenticated, user_record
+from .schemas import TokenOnlySchema
 
 bp = Blueprint("create_chat", __name__)
 
@@ -15,6 +14,6 @@ bp = Blueprint("create_chat", __name__)
 def create_chat():
     user_id, _ = authenticated(TokenOnlySchema)
     site = current_site()
-    require_user(user_id, site.auto_create_users, code=400, status="nodata")
-    chat_id = create_chat_for(site.chats, user_id, site.max_chats)
+    user_record(user_id, nodata_status=True)
+    chat_id = create_chat_for(site.transcripts, user_id, site.max_chats)
     return {"status": "ok", "msg": "chat created", "chatId": chat_id}

@@ -3,13 +3,13 @@
 from flask import Blueprint
 
 from ..errors import ApiError
-from ..generation import GenerateReply
-from ..schemas import GenerateSchema
+from ..llm.payloads import generate_payload
 from ..site import current_site
-from ..streaming import ndjson_response
-from ..users import require_user
-from .body import authenticated
-from .start import choose_model, lock_user, open_upstream
+from ..streaming.completion import GenerateReply
+from ..streaming.reply import ndjson_response
+from .admission import choose_model, lock_user, open_upstream
+from .body import authenticated, user_record
+from .schemas import GenerateSchema
 
 bp = Blueprint("generate", __name__)
 
@@ -18,14 +18,11 @@ bp = Blueprint("generate", __name__)
 def generate():
     user_id, data = authenticated(GenerateSchema)
     site = current_site()
-    user = require_user(user_id, site.auto_create_users, code=400, status="nodata")
+    user = user_record(user_id, nodata_status=True)
     model, capabilities = choose_model(site, data.get("model"), user)
     if "suffix" in data and "insert" not in capabilities:
         raise ApiError(400, f"suffix: model {model!r} does not support fill-in-the-middle")
-    payload = {"model": model, "prompt": data["prompt"]}
-    for name in ("suffix", "options"):
-        if name in data:
-            payload[name] = data[name]
+    payload = generate_payload(model, data["prompt"], data.get("suffix"), data.get("options"))
     user_lease = lock_user(site, user_id)
     slot, upstream = open_upstream(site, user_lease, model, "/api/generate", payload)
     return ndjson_response(GenerateReply(slot, upstream, user_lease))

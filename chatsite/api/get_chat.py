@@ -2,10 +2,10 @@
 
 from flask import Blueprint
 
-from ..chats import read_chat
-from ..schemas import ChatIdSchema
 from ..site import current_site
+from ..storage.chats import read_chat
 from .body import authenticated
+from .schemas import ChatIdSchema
 
 bp = Blueprint("get_chat", __name__)
 
@@ -13,5 +13,5 @@ bp = Blueprint("get_chat", __name__)
 @bp.post("/get-chat")
 def get_chat():
     user_id, data = authenticated(ChatIdSchema)
-    contents = read_chat(current_site().chats, user_id, str(data["chatId"]))
+    contents = read_chat(current_site().transcripts, user_id, str(data["chatId"]))
     return {"status": "ok", "msg": "", "contents": contents}

@@ -4,8 +4,8 @@ import logging
 
 from flask import Blueprint
 
-from ..db import db
 from ..site import current_site
+from ..storage.database import db
 
 log = logging.getLogger(__name__)
 

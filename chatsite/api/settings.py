@@ -2,10 +2,9 @@
 
 from flask import Blueprint
 
-from ..schemas import TokenOnlySchema
-from ..site import current_site
-from ..users import require_user, user_prefs
-from .body import authenticated
+from ..storage.users import user_prefs
+from .body import authenticated, user_record
+from .schemas import TokenOnlySchema
 
 bp = Blueprint("settings", __name__)
 
@@ -13,4 +12,4 @@ bp = Blueprint("settings", __name__)
 @bp.post("/settings")
 def settings():
     user_id, _ = authenticated(TokenOnlySchema)
-    return user_prefs(require_user(user_id, current_site().auto_create_users))
+    return user_prefs(user_record(user_id))

@@ -3,10 +3,10 @@
 from flask import Blueprint
 
 from ..errors import ApiError
-from ..schemas import UpdateSettingsSchema
 from ..site import current_site
-from ..users import update_prefs, user_prefs
+from ..storage.users import update_prefs, user_prefs
 from .body import authenticated
+from .schemas import UpdateSettingsSchema
 
 bp = Blueprint("update_settings", __name__)
 

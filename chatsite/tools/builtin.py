@@ -84,7 +84,7 @@ def search_chats(context: ToolContext, query: str, limit: int = 5) -> str:
         raise ValueError(f"query must be 1 to {MAX_QUERY_CHARS} characters")
     if not 1 <= limit <= MAX_SEARCH_RESULTS:
         raise ValueError(f"limit must be from 1 to {MAX_SEARCH_RESULTS}")
-    matches = find_in_chats(context.chats, context.user_id, text, limit)
+    matches = find_in_chats(context.transcripts, context.user_id, text, limit)
     if not matches:
         return f"No matches for {json.dumps(text, ensure_ascii=False)} in your saved chats."
     return json.dumps(matches, ensure_ascii=False)

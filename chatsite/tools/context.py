@@ -4,7 +4,7 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..chatstore import ChatStore
+from ..storage.transcripts import TranscriptStore
 
 
 def utc_now() -> datetime.datetime:
@@ -17,5 +17,5 @@ class ToolContext:
     """Supplied by the server, never by the model, so a tool cannot act for another user."""
 
     user_id: str
-    chats: ChatStore
+    transcripts: TranscriptStore
     now: Callable[[], datetime.datetime] = utc_now

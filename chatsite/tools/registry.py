@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from .arguments import ArgumentError, bind_arguments
+from .builtin import BUILTIN_TOOLS
 from .context import ToolContext
 from .schema import ToolSpec, tool_spec
 from .timeout import ToolTimeout, call_with_timeout
@@ -72,8 +73,6 @@ class ToolRegistry:
     def from_paths(cls, paths: list[str] | None) -> "ToolRegistry":
         """Load tools from `module:function` paths; None means the built-in set."""
         if paths is None:
-            from .builtin import BUILTIN_TOOLS
-
             return cls(BUILTIN_TOOLS)
         if not isinstance(paths, list | tuple):
             raise ToolConfigError(f"TOOLS must be a list of {PATH_FORMAT} paths, not {paths!r}")

@@ -4,13 +4,11 @@ Only rows owned by the user are read, so another user's chats can never match. T
 in a worker thread, which has no request connection: this opens one if needed.
 """
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
-from ..chatstore import ChatMissing, ChatStore
-from ..db import db
-from ..models import ChatFile
+from ..storage.database import database_connection
+from ..storage.tables import Chat
+from ..storage.transcripts import TranscriptMissing, TranscriptStore
 
 log = logging.getLogger(__name__)
 
@@ -19,36 +17,17 @@ MAX_CHARS_SCANNED = 5_000_000
 EXCERPT_CHARS = 160
 
 
-@contextlib.contextmanager
-def database_connection() -> Iterator[None]:
-    """Reuse this thread's open connection, else open one and close it afterwards.
-
-    Not `db.connection_context()`: on exit it closes the connection whenever its own
-    stack is empty, which would close a request's connection opened with `db.connect()`.
-    """
-    opened = db.connect(reuse_if_open=True)
-    try:
-        yield
-    finally:
-        if opened:
-            db.close()
-
-
-def find_in_chats(chats: ChatStore, user_id: str, query: str, limit: int) -> list[dict]:
+def find_in_chats(transcripts: TranscriptStore, user_id: str, query: str, limit: int) -> list[dict]:
     """Return up to `limit` matches (one per message), newest chats first."""
     needle = query.lower()
     matches: list[dict] = []
     budget = MAX_CHARS_SCANNED
     with database_connection():
         rows = list(
-            ChatFile.select(ChatFile.id, ChatFile.name)
-            .where(ChatFile.owner == user_id)
-            .order_by(ChatFile.updated_at.desc(), ChatFile.created_at.desc(), ChatFile.id)
-            .limit(MAX_CHATS_SCANNED)
-            .tuples()
+            Chat.newest_first(user_id, Chat.id, Chat.name).limit(MAX_CHATS_SCANNED).tuples()
         )
         for chat_id, chat_name in rows:
-            for message in _messages(chats, user_id, chat_id):
+            for message in _messages(transcripts, user_id, chat_id):
                 content = message.get("content")
                 if not isinstance(content, str):
                     continue
@@ -83,11 +62,11 @@ def excerpt(text: str, start: int, length: int) -> str:
     return ("…" if begin > 0 else "") + snippet + ("…" if end < len(text) else "")
 
 
-def _messages(chats: ChatStore, user_id: str, chat_id: str) -> list[dict]:
+def _messages(transcripts: TranscriptStore, user_id: str, chat_id: str) -> list[dict]:
     """The chat's messages; a chat whose contents are missing or unreadable is skipped."""
     try:
-        messages = chats.read(user_id, chat_id)
-    except ChatMissing:
+        messages = transcripts.read(user_id, chat_id)
+    except TranscriptMissing:
         log.warning("chat %s has a row but no contents; skipped by search", chat_id)
         return []
     except (OSError, ValueError):

@@ -9,12 +9,9 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-try:
-    import gevent
-    from gevent import monkey
-except ImportError:  # pragma: no cover - gevent is a dependency, but tools do not need it
-    gevent = None
-    monkey = None
+import gevent
+
+from ..greenlets import gevent_active
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +32,9 @@ class ToolTimeout(Exception):
         self.seconds = seconds
 
 
-def gevent_patched() -> bool:
-    """True under a gevent worker, where `threading` is greenlets, not OS threads."""
-    return monkey is not None and monkey.is_module_patched("threading")
-
-
 def call_with_timeout(job: Callable[[], T], seconds: float) -> T:
     """Return `job()` run in an OS thread, or raise ToolTimeout after `seconds`."""
-    if gevent_patched():
+    if gevent_active():
         return _call_in_hub_threadpool(job, seconds)
     future = _executor.submit(job)
     done, _ = concurrent.futures.wait([future], timeout=seconds)

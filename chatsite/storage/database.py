@@ -1,12 +1,13 @@
 """The database: bound from a URL in the factory, one connection per request."""
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
-import click
-from flask import Flask, current_app, request
+from flask import Flask, request
 from peewee import DatabaseProxy, Model, SqliteDatabase
 from playhouse.db_url import connect as connect_url
 
@@ -57,14 +58,6 @@ def write_transaction() -> AbstractContextManager:
     return db.atomic()
 
 
-def create_tables() -> None:
-    """Create every table that is missing (idempotent)."""
-    from .models import ALL_MODELS
-
-    with db.connection_context():
-        db.create_tables(ALL_MODELS, safe=True)
-
-
 def _connect() -> None:
     if request.endpoint in NO_CONNECT_ENDPOINTS:
         return
@@ -76,16 +69,24 @@ def _close(_exc: BaseException | None = None) -> None:
         db.close()
 
 
-@click.command("init-db")
-def init_db_command() -> None:
-    """Create the database tables (safe to run again)."""
-    create_tables()
-    click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
-
-
 def init_app(app: Flask) -> None:
-    """Bind the database and register per-request connect/close and the CLI."""
+    """Bind the database and register the per-request connect and close."""
     db.initialize(open_database(app.config["DATABASE_URL"]))
     app.before_request(_connect)
     app.teardown_appcontext(_close)
-    app.cli.add_command(init_db_command)
+
+
+@contextlib.contextmanager
+def database_connection() -> Iterator[None]:
+    """Reuse this thread's open connection, else open one and close it afterwards.
+
+    For work outside a request (tools, saving after a stream). Not
+    `db.connection_context()`: on exit it closes the connection whenever its own stack is
+    empty, which would close a request's connection opened with `db.connect()`.
+    """
+    opened = db.connect(reuse_if_open=True)
+    try:
+        yield
+    finally:
+        if opened:
+            db.close()

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schemas import normalize_model
-from .upstream import OllamaClient, UpstreamError
+from .client import OllamaClient
+from .errors import InstanceError
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,16 @@ class Instance:
     def cooling(self, now: float | None = None) -> bool:
         """Tell whether the instance is resting after a failure."""
         return (now or time.monotonic()) < self.cool_until
+
+    def cool_down(self, seconds: float) -> None:
+        """Skip this instance for `seconds`, after it failed."""
+        log.warning("chat instance %s cooling down for %.0f s", self.url, seconds)
+        self.cool_until = time.monotonic() + seconds
+
+
+def normalize_model(name: str) -> str:
+    """Give an untagged model name Ollama's implicit `:latest` tag."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
 def parse_instances(value: Any) -> list[tuple[str, int]]:
@@ -104,11 +114,11 @@ class ModelCatalog:
                     models[name] = describe(entry, self._capabilities_of(instance, name, entry))
             instance.models = models
             instance.reachable = True
-        except UpstreamError as error:
+        except InstanceError as error:
             log.warning("chat instance %s left out: %s", instance.url, error.msg)
             instance.models = {}
             instance.reachable = False
-            instance.cool_until = time.monotonic() + self.cooldown
+            instance.cool_down(self.cooldown)
 
     def _capabilities_of(self, instance: Instance, name: str, entry: dict) -> list[str]:
         key = (instance.url, name, str(entry.get("digest", "")))

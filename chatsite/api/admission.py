@@ -1,14 +1,15 @@
-"""What /chat and /generate decide before streaming: model, user lock, instance slot."""
+"""Admission to /chat and /generate, decided before streaming: model, user lock, slot."""
 
 from typing import Any
 
 from ..coordination import Lease
-from ..db import db
 from ..errors import ApiError
-from ..pool import Slot
+from ..llm.client import InstanceStream
+from ..llm.errors import NoInstanceAvailable, UnknownModel
+from ..llm.pool import Slot
 from ..site import Site
-from ..upstream import UpstreamStream
-from ..users import User
+from ..storage.database import db
+from ..storage.tables import User
 
 BUSY = "a request from this user is already being processed"
 
@@ -21,8 +22,8 @@ def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, se
     capabilities = site.catalog.capabilities(model)
     if capabilities is None:
         if not site.catalog.reachable():
-            raise ApiError(504, "no chat instance available")
-        raise ApiError(400, f"model: unknown model {model!r}")
+            raise NoInstanceAvailable()
+        raise UnknownModel(f"model: unknown model {model!r}")
     return model, capabilities
 
 
@@ -30,14 +31,13 @@ def lock_user(site: Site, user_id: str) -> Lease:
     """Take the user's lock or answer 429 at once, before any waiting."""
     lease = site.coordinator.try_lock_user(user_id)
     if lease is None:
-        retry = str(site.retry_after)
-        raise ApiError(429, BUSY, headers={"Retry-After": retry})
+        raise ApiError(429, BUSY, headers={"Retry-After": str(site.retry_after)})
     return lease
 
 
 def open_upstream(
     site: Site, user_lease: Lease, model: str, path: str, payload: dict[str, Any]
-) -> tuple[Slot, UpstreamStream]:
+) -> tuple[Slot, InstanceStream]:
     """Start the upstream stream; on any failure give the user's lock back.
 
     The request's database connection goes back first: nothing from here on uses it, and

@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 
-from .streaming import StreamedReply, ndjson_line
+from .reply import StreamedReply, ndjson_line
 
 
 class GenerateReply(StreamedReply):

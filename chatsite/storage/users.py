@@ -4,13 +4,10 @@ import logging
 
 from peewee import IntegrityError
 
-from .db import db, write_transaction
-from .errors import ApiError
-from .models import ChatFile, User, utcnow
+from .database import db, write_transaction
+from .tables import Chat, User, utcnow
 
 log = logging.getLogger(__name__)
-
-NO_USER_DATA = "No user data found"
 
 
 def find_user(user_id: str, create: bool) -> User | None:
@@ -27,22 +24,24 @@ def find_user(user_id: str, create: bool) -> User | None:
     return user
 
 
-def require_user(user_id: str, create: bool, code: int = 500, status: str = "error") -> User:
-    """Return the user's record or raise the endpoint's "no data" error."""
+NO_USER_DATA = "No user data found"
+
+
+class NoUserData(LookupError):
+    """The user has no record, and records are not created automatically."""
+
+
+def require_user(user_id: str, create: bool) -> User:
+    """Return the user's record, or raise NoUserData."""
     user = find_user(user_id, create)
     if user is None:
-        raise ApiError(code, NO_USER_DATA, status=status)
+        raise NoUserData(user_id)
     return user
 
 
 def user_prefs(user: User) -> dict:
     """Serialize the user's preferences as /settings answers them."""
-    chats = (
-        ChatFile.select(ChatFile.id, ChatFile.name)
-        .where(ChatFile.owner == user.uuid)
-        .order_by(ChatFile.updated_at.desc(), ChatFile.created_at.desc(), ChatFile.id)
-        .tuples()
-    )
+    chats = Chat.newest_first(user.uuid, Chat.id, Chat.name).tuples()
     return {
         "uuid": user.uuid,
         "nickname": user.nickname,

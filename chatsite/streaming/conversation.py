@@ -6,14 +6,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .coordination import Lease
-from .pool import Slot
-from .streaming import NOT_SAVED, StreamedReply, error_line, ndjson_line
-from .upstream import UpstreamStream
+from ..coordination import Lease
+from ..llm.client import InstanceStream
+from ..llm.pool import Slot
+from ..tools import ToolContext, ToolRegistry
+from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
 
 log = logging.getLogger(__name__)
 
-UPSTREAM_FIELDS = ("role", "content", "tool_calls", "tool_name", "images", "thinking")
 TOO_MANY_ROUNDS = "\n\n[stopped: the model asked for tools too many times]"
 
 
@@ -21,14 +21,6 @@ def timestamp() -> str:
     """Now, as ISO 8601 UTC with milliseconds."""
     now = datetime.datetime.now(datetime.UTC)
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def upstream_messages(messages: list[dict], system: str) -> list[dict]:
-    """What the model sees: the system prompt first, no timestamps or local flags."""
-    prepared = [{"role": "system", "content": system}] if system else []
-    for message in messages:
-        prepared.append({k: message[k] for k in UPSTREAM_FIELDS if k in message})
-    return prepared
 
 
 def stamped(messages: list[dict]) -> list[dict]:
@@ -59,8 +51,8 @@ def clean_tool_call(call: Any) -> dict:
 class ToolRunner:
     """Everything the tool loop needs: the registry, the caller's context, limits."""
 
-    registry: Any
-    context: Any
+    registry: ToolRegistry
+    context: ToolContext
     timeout: float
     max_rounds: int
 
@@ -71,7 +63,7 @@ class ChatReply(StreamedReply):
     def __init__(
         self,
         slot: Slot,
-        upstream: UpstreamStream,
+        upstream: InstanceStream,
         user_lease: Lease,
         payload: dict[str, Any],
         request_messages: list[dict],

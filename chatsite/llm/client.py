@@ -9,17 +9,9 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from .errors import InstanceError
+
 log = logging.getLogger(__name__)
-
-
-class UpstreamError(Exception):
-    """The chat instance failed; `retryable` when another instance may do better."""
-
-    def __init__(self, msg: str, status: int | None = None, retryable: bool = False) -> None:
-        super().__init__(msg)
-        self.msg = msg
-        self.status = status
-        self.retryable = retryable
 
 
 def _error_text(response: requests.Response) -> str:
@@ -34,7 +26,7 @@ def _error_text(response: requests.Response) -> str:
     return f"chat server answered HTTP {response.status_code}"
 
 
-class UpstreamStream:
+class InstanceStream:
     """An open NDJSON stream; iterate for parsed lines, `close()` to stop the GPU."""
 
     def __init__(self, response: requests.Response, deadline: float, max_line: int) -> None:
@@ -53,7 +45,7 @@ class UpstreamStream:
         try:
             for chunk in self.response.iter_content(chunk_size=None):
                 if time.monotonic() > self.deadline:
-                    raise UpstreamError("chat server took too long")
+                    raise InstanceError("chat server took too long")
                 if done:
                     continue
                 buffer = buffer + chunk if buffer else chunk
@@ -64,9 +56,9 @@ class UpstreamStream:
                         done = data.get("done") is True
                         yield data
                 if len(buffer) > self.max_line:
-                    raise UpstreamError("chat server sent an oversized line")
+                    raise InstanceError("chat server sent an oversized line")
         except requests.RequestException as error:
-            raise UpstreamError(f"chat server connection failed: {type(error).__name__}") from None
+            raise InstanceError(f"chat server connection failed: {type(error).__name__}") from None
         if buffer.strip() and not done:
             yield self._parse(buffer)
 
@@ -75,11 +67,11 @@ class UpstreamStream:
         try:
             data = orjson.loads(line)
         except orjson.JSONDecodeError:
-            raise UpstreamError("chat server sent invalid JSON") from None
+            raise InstanceError("chat server sent invalid JSON") from None
         if not isinstance(data, dict):
-            raise UpstreamError("chat server sent an unexpected line")
+            raise InstanceError("chat server sent an unexpected line")
         if "error" in data:
-            raise UpstreamError(f"chat server error: {str(data['error'])[:500]}")
+            raise InstanceError(f"chat server error: {str(data['error'])[:500]}")
         return data
 
     def close(self) -> None:
@@ -115,14 +107,14 @@ class OllamaClient:
                 method, self.base_url + path, timeout=timeout, allow_redirects=False, **kwargs
             )
         except requests.RequestException as error:
-            raise UpstreamError(
+            raise InstanceError(
                 f"chat server unreachable: {type(error).__name__}", retryable=True
             ) from None
         if response.status_code != 200:
             text = _error_text(response)
             response.close()
             retryable = response.status_code >= 500 or response.status_code == 429
-            raise UpstreamError(text, status=response.status_code, retryable=retryable)
+            raise InstanceError(text, status=response.status_code, retryable=retryable)
         return response
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
@@ -134,7 +126,7 @@ class OllamaClient:
             content = response.raw.read(self.max_line * 8, decode_content=True)
             return orjson.loads(content)
         except (orjson.JSONDecodeError, requests.RequestException, OSError) as error:
-            raise UpstreamError(f"chat server sent a bad answer: {error}", retryable=True) from None
+            raise InstanceError(f"chat server sent a bad answer: {error}", retryable=True) from None
         finally:
             response.close()
 
@@ -147,11 +139,11 @@ class OllamaClient:
         """Describe one model, including its capabilities."""
         return self.get_json("POST", "/api/show", {"model": model})
 
-    def stream(self, path: str, payload: dict[str, Any]) -> UpstreamStream:
-        """Start a streamed call; errors before the first byte raise UpstreamError."""
+    def stream(self, path: str, payload: dict[str, Any]) -> InstanceStream:
+        """Start a streamed call; errors before the first byte raise InstanceError."""
         body = orjson.dumps({**payload, "stream": True})
         headers = {"Content-Type": "application/json"}
         response = self._request(
             "POST", path, self.timeout, data=body, headers=headers, stream=True
         )
-        return UpstreamStream(response, time.monotonic() + self.max_seconds, self.max_line)
+        return InstanceStream(response, time.monotonic() + self.max_seconds, self.max_line)

@@ -7,6 +7,9 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from .. import defaults
+from ..llm.catalog import normalize_model
+
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 ROLES = ("user", "assistant", "tool", "system")
 MAX_OPTIONS = 64
@@ -19,10 +22,10 @@ MAX_IMAGE_CHARS = 10 * 1024 * 1024
 class Limits:
     """Size limits that come from the configuration."""
 
-    system_prompt_chars: int = 8000
-    messages: int = 500
-    message_chars: int = 100_000
-    prompt_chars: int = 200_000
+    system_prompt_chars: int
+    messages: int
+    message_chars: int
+    prompt_chars: int
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Limits":
@@ -35,9 +38,7 @@ class Limits:
         )
 
 
-def normalize_model(name: str) -> str:
-    """Give an untagged model name Ollama's implicit `:latest` tag."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+DEFAULT_LIMITS = Limits.from_config(vars(defaults))
 
 
 class ModelName(fields.String):
@@ -94,7 +95,7 @@ class LimitedSchema(StrictSchema):
 
     def __init__(self, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.limits = limits or Limits()
+        self.limits = limits or DEFAULT_LIMITS
 
 
 class TokenOnlySchema(LimitedSchema):

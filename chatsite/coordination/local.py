@@ -1,37 +1,9 @@
-"""Who may use what right now: the per-user lock (429) and per-instance slots (504).
+"""In-process locks and slots: one process only (the dev server, one worker)."""
 
-Everything behind `Coordinator` so that the in-process version used here can be swapped
-for one shared by all workers of a host, or by all hosts.
-"""
-
-import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
-log = logging.getLogger(__name__)
-
-
-class Lease(Protocol):
-    """Something held; `release()` is idempotent."""
-
-    def release(self) -> None: ...
-
-
-class Coordinator(Protocol):
-    """Hand out user locks and instance slots."""
-
-    def try_lock_user(self, user_id: str) -> Lease | None:
-        """Take the user's lock at once, or return None if it is held."""
-
-    def try_acquire_slot(self, instance: str, capacity: int) -> Lease | None:
-        """Take one of the instance's `capacity` slots at once, or return None."""
-
-    def slots_in_use(self, instance: str) -> int:
-        """Count the instance's slots in use."""
-
-    def wait_for_release(self, timeout: float) -> None:
-        """Sleep until something may have been released, at most `timeout` seconds."""
+from .base import Lease
 
 
 class _Release:
@@ -85,22 +57,3 @@ class LocalCoordinator:
     def wait_for_release(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)
-
-
-def make_coordinator(config: dict) -> Coordinator:
-    """Pick the coordination that spans what the deployment needs.
-
-    Redis when `REDIS_URL` is set (several hosts); else file locks in the instance folder
-    (all workers of one host); `COORDINATION = "local"` keeps it inside one process.
-    """
-    if config.get("REDIS_URL"):
-        from .coordination_redis import RedisCoordinator
-
-        return RedisCoordinator(
-            config["REDIS_URL"], prefix=config["REDIS_PREFIX"], ttl=float(config["LEASE_TTL"])
-        )
-    if config.get("COORDINATION") == "local":
-        return LocalCoordinator()
-    from .coordination_files import FileCoordinator
-
-    return FileCoordinator(config["LOCK_DIR"])

@@ -11,16 +11,13 @@ import logging
 import random
 import secrets
 import threading
-import time
 
 import redis
 
-from .coordination import Lease
-from .coordination_files import canonical_user_id, instance_key
+from ..ids import canonical_uuid
+from .base import Lease, instance_key, poll_wait
 
 log = logging.getLogger(__name__)
-
-POLL_INTERVAL = 0.05  # longest sleep in wait_for_release: releases are not announced
 
 # Take the first free key of KEYS (slots in a random rotation); return its 1-based index or 0.
 _ACQUIRE = """
@@ -134,7 +131,7 @@ class RedisCoordinator:
     def try_lock_user(self, user_id: str) -> Lease | None:
         """Take the user's lock at once, or None if held on any host; Redis errors raise."""
         self._check_open()
-        key = f"{self.prefix}:user:{canonical_user_id(user_id)}"
+        key = f"{self.prefix}:user:{canonical_uuid(user_id)}"
         token = secrets.token_hex(16)
         if not self._redis.set(key, token, nx=True, px=self._ttl_ms):
             return None
@@ -176,7 +173,7 @@ class RedisCoordinator:
 
     def wait_for_release(self, timeout: float) -> None:
         """Sleep a little before the caller polls again (cooperative under gevent)."""
-        time.sleep(max(0.0, min(timeout, POLL_INTERVAL)))
+        poll_wait(timeout)
 
     def close(self) -> None:
         """Stop renewing and drop the connections; unreleased leases expire within `ttl`."""

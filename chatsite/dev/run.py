@@ -16,9 +16,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from . import create_app, defaults
-from .db import create_tables
-from .dev.ports import free_port
+from .. import create_app, defaults
+from ..site import Site
+from ..storage.tables import create_tables
+from .ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,15 @@ def main() -> None:
     if app.config["CHAT_INSTANCES"] == defaults.CHAT_INSTANCES and not listening(OLLAMA_DEFAULT):
         port = free_port()
         dev_instance = subprocess.Popen(
-            [sys.executable, "-m", "chatsite.devinstance", "--port", str(port)]
+            [sys.executable, "-m", "chatsite.dev.instance", "--port", str(port)]
         )
         os.environ["CHATSITE_CHAT_INSTANCES"] = f'["http://127.0.0.1:{port}"]'
         print(f"No chat instance configured: started the dev instance on port {port}.")
     with app.app_context():
         create_tables()
         user = keep_file(instance / "dev-user", lambda: str(uuid.uuid4()))
-        token = app.extensions["chatsite"].tokens.issue(user, expires_in=30 * 86400)
+        site: Site = app.extensions["chatsite"]
+        token = site.tokens.issue(user, expires_in=30 * 86400)
     print(f"\nDev user {user}; a token valid for 30 days:\n\n{token}\n")
     print("Try:")
     print(f"""  curl -N localhost:5000/chat -d '{{"token": "{token}", "model": "echo",""")

@@ -2,9 +2,9 @@
 
 from flask import Blueprint
 
-from ..schemas import TokenOnlySchema
 from ..site import current_site
 from .body import authenticated
+from .schemas import TokenOnlySchema
 
 bp = Blueprint("models", __name__)
 

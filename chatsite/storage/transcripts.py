@@ -1,15 +1,15 @@
-"""Where a chat's messages live: JSON files (default) or the shared database."""
+"""Where a chat's transcript (its messages) lives: JSON files (default) or the database."""
 
 import json
 import logging
 import os
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Protocol
 
-from .models import ChatContent
+from ..ids import canonical_uuid
+from .tables import ChatTranscript
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +17,11 @@ TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 60
 
 
-class ChatMissing(LookupError):
-    """The chat's contents are not in the store."""
+class TranscriptMissing(LookupError):
+    """The chat's transcript is not in the store."""
 
 
-class ChatStore(Protocol):
+class TranscriptStore(Protocol):
     """Read and write a chat's list of messages; ids are already checked uuids."""
 
     def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
@@ -30,12 +30,7 @@ class ChatStore(Protocol):
     def delete(self, user_id: str, chat_id: str) -> None: ...
 
 
-def _canonical(value: str) -> str:
-    """Re-parse an id as a uuid so that nothing else can ever reach a path."""
-    return str(uuid.UUID(value))
-
-
-class FileChatStore:
+class FileTranscriptStore:
     """Chats as `<root>/<user uuid>/<chat uuid>.json`, written atomically."""
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -44,7 +39,7 @@ class FileChatStore:
 
     def path(self, user_id: str, chat_id: str) -> Path:
         """Return the chat's file path, guaranteed to be inside the root."""
-        path = (self.root / _canonical(user_id) / f"{_canonical(chat_id)}.json").resolve()
+        path = (self.root / canonical_uuid(user_id) / f"{canonical_uuid(chat_id)}.json").resolve()
         if not path.is_relative_to(self.root):
             raise ValueError("chat path escapes the chat folder")
         return path
@@ -62,7 +57,7 @@ class FileChatStore:
             with open(self.path(user_id, chat_id), "rb") as handle:
                 return json.load(handle)
         except FileNotFoundError:
-            raise ChatMissing(chat_id) from None
+            raise TranscriptMissing(chat_id) from None
 
     def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
         """Replace the chat's messages in one atomic step."""
@@ -110,41 +105,41 @@ class FileChatStore:
             os.close(dir_fd)
 
 
-class DatabaseChatStore:
+class DatabaseTranscriptStore:
     """Chats as JSON in the database, so that hosts sharing PostgreSQL share chats."""
 
     def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
         """Insert the chat's contents (inside the caller's transaction)."""
-        ChatContent.insert(chat=_canonical(chat_id), messages=json.dumps(messages)).execute()
+        ChatTranscript.insert(chat=canonical_uuid(chat_id), messages=json.dumps(messages)).execute()
 
     def read(self, user_id: str, chat_id: str) -> list[dict]:
         """Return the chat's messages."""
-        row = ChatContent.get_or_none(ChatContent.chat == _canonical(chat_id))
+        row = ChatTranscript.get_or_none(ChatTranscript.chat == canonical_uuid(chat_id))
         if row is None:
-            raise ChatMissing(chat_id)
+            raise TranscriptMissing(chat_id)
         return json.loads(row.messages)
 
     def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
         """Replace the chat's messages."""
         updated = (
-            ChatContent.update(messages=json.dumps(messages))
-            .where(ChatContent.chat == _canonical(chat_id))
+            ChatTranscript.update(messages=json.dumps(messages))
+            .where(ChatTranscript.chat == canonical_uuid(chat_id))
             .execute()
         )
         if not updated:
-            raise ChatMissing(chat_id)
+            raise TranscriptMissing(chat_id)
 
     def delete(self, user_id: str, chat_id: str) -> None:
         """Remove the contents row if it is there."""
-        ChatContent.delete().where(ChatContent.chat == _canonical(chat_id)).execute()
+        ChatTranscript.delete().where(ChatTranscript.chat == canonical_uuid(chat_id)).execute()
 
 
-def make_chat_store(kind: str, chat_dir: str) -> ChatStore:
-    """Build the configured chat store."""
+def make_transcript_store(kind: str, chat_dir: str) -> TranscriptStore:
+    """Build the configured transcript store."""
     if kind == "files":
-        store = FileChatStore(chat_dir)
+        store = FileTranscriptStore(chat_dir)
         store.clean_stray_temp_files()
         return store
     if kind == "database":
-        return DatabaseChatStore()
+        return DatabaseTranscriptStore()
     raise ValueError(f"CHATSITE_CHAT_STORE must be 'files' or 'database', not {kind!r}")

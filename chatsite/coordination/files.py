@@ -11,36 +11,21 @@ lock it would let two holders lock two different inodes under the same name.
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import random
 import re
 import threading
-import time
-import uuid
 from collections.abc import Callable
 
-from .coordination import Lease
+from ..ids import canonical_uuid
+from .base import Lease, instance_key, poll_wait
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL = 0.05  # longest sleep in wait_for_release: locks give no wake-up signal
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
-
-
-def instance_key(instance: str) -> str:
-    """Name an instance by a hash of its url: urls never become paths or keys themselves."""
-    return hashlib.sha256(instance.encode()).hexdigest()[:16]
-
-
-def canonical_user_id(user_id: str) -> str:
-    """Re-parse a user id as a uuid (ValueError if it is not one), in its one canonical form."""
-    if not isinstance(user_id, str):
-        raise ValueError("user id must be a uuid string")
-    return str(uuid.UUID(user_id))
 
 
 class FileLease:
@@ -98,7 +83,7 @@ class FileCoordinator:
 
     def try_lock_user(self, user_id: str) -> Lease | None:
         """Take the user's lock at once, or None if any worker of this host holds it."""
-        name = canonical_user_id(user_id)
+        name = canonical_uuid(user_id)
         return self._try_lock(os.path.join(self._users_dir, f"{name}.lock"))
 
     def _slot_path(self, instance: str, index: int) -> str:
@@ -168,5 +153,5 @@ class FileCoordinator:
         return sum(self._is_locked(self._slot_path(instance, i)) for i in indexes)
 
     def wait_for_release(self, timeout: float) -> None:
-        """Sleep a little: flock has no wake-up, so callers poll (cooperative under gevent)."""
-        time.sleep(max(0.0, min(timeout, POLL_INTERVAL)))
+        """Sleep a little: flock has no wake-up, so callers poll."""
+        poll_wait(timeout)

@@ -5,15 +5,20 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..coordination import Coordinator, Lease
 from .catalog import Instance, ModelCatalog
-from .coordination import Coordinator, Lease
-from .errors import ApiError
-from .upstream import UpstreamError, UpstreamStream
+from .client import InstanceStream
+from .errors import (
+    InstanceError,
+    InstanceFailed,
+    InstanceRefused,
+    NoInstanceAvailable,
+    UnknownModel,
+)
 
 log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.25  # re-check for a free slot at least this often while waiting
-NO_INSTANCE = "no chat instance available"
 
 
 @dataclass
@@ -39,11 +44,6 @@ class InstancePool:
         self.wait_timeout = wait_timeout
         self.cooldown = cooldown
 
-    def cool_down(self, instance: Instance) -> None:
-        """Skip a failing instance for a while."""
-        log.warning("chat instance %s cooling down for %.0f s", instance.url, self.cooldown)
-        instance.cool_until = time.monotonic() + self.cooldown
-
     def _try_slot(self, candidates: list[Instance]) -> Slot | None:
         coordinator = self.coordinator
 
@@ -68,41 +68,42 @@ class InstancePool:
                 if i.url not in exclude and not i.cooling(now)
             ]
             if not candidates:
-                raise ApiError(504, NO_INSTANCE)
+                raise NoInstanceAvailable()
             slot = self._try_slot(candidates)
             if slot is not None:
                 return slot
             if now >= deadline:
-                raise ApiError(504, NO_INSTANCE)
+                raise NoInstanceAvailable()
             self.coordinator.wait_for_release(min(WAIT_STEP, deadline - now))
 
     def open_stream(
         self, model: str, path: str, payload: dict[str, Any]
-    ) -> tuple[Slot, UpstreamStream]:
+    ) -> tuple[Slot, InstanceStream]:
         """Take a slot and start the upstream stream, trying another instance on failure."""
         deadline = time.monotonic() + self.wait_timeout
         tried: set[str] = set()
-        last_error: UpstreamError | None = None
+        last_error: InstanceError | None = None
         while True:
             try:
                 slot = self.acquire(model, deadline, tried)
-            except ApiError:
+            except NoInstanceAvailable:
                 if last_error is None:
                     raise
                 # Every instance said "no such model": the request's fault, not the server's.
-                code = 400 if last_error.status == 404 else 500
-                raise ApiError(code, last_error.msg) from None
+                if last_error.status == 404:
+                    raise UnknownModel(last_error.msg) from None
+                raise InstanceFailed(last_error.msg) from None
             try:
                 return slot, slot.instance.client.stream(path, payload)
-            except UpstreamError as error:
+            except InstanceError as error:
                 slot.release()
                 if error.status == 404:
                     tried.add(slot.instance.url)  # stale catalog: another may serve it
                 elif error.retryable:
-                    self.cool_down(slot.instance)
+                    slot.instance.cool_down(self.cooldown)
                     tried.add(slot.instance.url)
                 else:
-                    raise ApiError(400, error.msg) from None
+                    raise InstanceRefused(error.msg) from None
                 last_error = error
             except BaseException:
                 slot.release()

@@ -42,7 +42,7 @@ DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _BAD_JSON = object()  # marks a request body that is not JSON at all
 
 
-class ApiError(Exception):
+class DevHttpError(Exception):
     """An error answered as ``{"error": message}`` with an HTTP status, like Ollama does."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -214,15 +214,15 @@ def _options(body: dict[str, Any]) -> tuple[float | None, int]:
     """Read the dev_* knobs from ``options``; other options are accepted and ignored."""
     opts = body.get("options") or {}
     if not isinstance(opts, dict):
-        raise ApiError(400, "options must be an object")
+        raise DevHttpError(400, "options must be an object")
     delay = opts.get("dev_token_delay")
     if delay is not None:
         if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise ApiError(400, "options.dev_token_delay must be a number")
+            raise DevHttpError(400, "options.dev_token_delay must be a number")
         delay = min(float(delay), MAX_TOKEN_DELAY) if delay >= 0 else 0.0  # NaN -> 0
     repeat = opts.get("dev_repeat", 1)
     if isinstance(repeat, bool) or not isinstance(repeat, int):
-        raise ApiError(400, "options.dev_repeat must be an integer")
+        raise DevHttpError(400, "options.dev_repeat must be an integer")
     return delay, min(max(repeat, 0), MAX_REPEAT)
 
 
@@ -231,7 +231,7 @@ def _field(body: dict[str, Any], key: str, kind: type, default: Any) -> Any:
     if value is None:
         return default
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ApiError(400, f"{key} must be of type {kind.__name__}")
+        raise DevHttpError(400, f"{key} must be of type {kind.__name__}")
     return value
 
 
@@ -268,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         path, state = urlsplit(self.path).path, self.server.state
         try:
             body = self._read_json()
-        except ApiError as err:
+        except DevHttpError as err:
             self.close_connection = True  # the body was not (fully) consumed
             if path.startswith("/api/"):
                 state.record(path, None)
@@ -286,32 +286,32 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(status, {"error": "injected failure"})
         try:
             if self.command == "POST" and body is _BAD_JSON:
-                raise ApiError(400, "invalid JSON body")
+                raise DevHttpError(400, "invalid JSON body")
             if self.command == "POST" and path.startswith("/api/") and not isinstance(body, dict):
-                raise ApiError(
+                raise DevHttpError(
                     400,
                     "missing request body"
                     if body is None
                     else "request body must be a JSON object",
                 )
             getattr(self, f"api_{name}")(None if body is _BAD_JSON else body)
-        except ApiError as err:
+        except DevHttpError as err:
             self._send_json(err.status, {"error": err.message})
 
     def _read_json(self) -> Any:
         """Read the body by Content-Length (keeps keep-alive in sync); None if empty."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise ApiError(411, "chunked request bodies are not supported, send Content-Length")
+            raise DevHttpError(411, "chunked request bodies are not supported, send Content-Length")
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
-            raise ApiError(400, "invalid Content-Length") from None
+            raise DevHttpError(400, "invalid Content-Length") from None
         if length < 0:
-            raise ApiError(400, "invalid Content-Length")
+            raise DevHttpError(400, "invalid Content-Length")
         if length > MAX_BODY:
             while 0 < length <= MAX_DRAIN and (chunk := self.rfile.read(min(length, 65536))):
                 length -= len(chunk)
-            raise ApiError(413, f"request body too large (limit {MAX_BODY} bytes)")
+            raise DevHttpError(413, f"request body too large (limit {MAX_BODY} bytes)")
         raw = self.rfile.read(length) if length else b""
         if not raw.strip():
             return None
@@ -360,10 +360,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _model(self, body: dict[str, Any]) -> DemoModel:
         name = _field(body, "model", str, "")
         if not name.strip():
-            raise ApiError(400, "model is required")
+            raise DevHttpError(400, "model is required")
         model = MODELS.get(canonical_name(name))
         if model is None:
-            raise ApiError(404, f'model "{name}" not found, try pulling it first')
+            raise DevHttpError(404, f'model "{name}" not found, try pulling it first')
         return model
 
     def _answer(
@@ -421,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream(lines())
         *parts, final = list(lines())
         if "error" in final:
-            raise ApiError(500, final["error"])
+            raise DevHttpError(500, final["error"])
         if kind == "generate":
             final["response"] = "".join(p["response"] for p in parts)
         else:
@@ -444,10 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
     def api_show(self, body: dict[str, Any]) -> None:
         name = body.get("model") or body.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise ApiError(400, "model is required")
+            raise DevHttpError(400, "model is required")
         model = MODELS.get(canonical_name(name))
         if model is None:
-            raise ApiError(404, f"model '{name}' not found")
+            raise DevHttpError(404, f"model '{name}' not found")
         self._send_json(
             200,
             {
@@ -462,10 +462,10 @@ class _Handler(BaseHTTPRequestHandler):
         model = self._model(body)
         messages = _field(body, "messages", list, [])
         if not all(isinstance(m, dict) for m in messages):
-            raise ApiError(400, "messages must be a list of objects")
+            raise DevHttpError(400, "messages must be a list of objects")
         tools = _field(body, "tools", list, [])
         if tools and "tools" not in model.capabilities:
-            raise ApiError(400, f"{REGISTRY}{model.name} does not support tools")
+            raise DevHttpError(400, f"{REGISTRY}{model.name} does not support tools")
         text, calls = chat_reply(model, messages, bool(tools))
         prompt = " ".join(m["content"] for m in messages if isinstance(m.get("content"), str))
         self._answer(body, model, "chat", text, calls, len(TOKEN_RE.findall(prompt)))
@@ -474,7 +474,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = self._model(body)
         prompt, suffix, system = (_field(body, k, str, "") for k in ("prompt", "suffix", "system"))
         if suffix and "insert" not in model.capabilities:
-            raise ApiError(400, f"{REGISTRY}{model.name} does not support insert")
+            raise DevHttpError(400, f"{REGISTRY}{model.name} does not support insert")
         text = generate_reply(model, prompt, suffix, system)
         tokens = len(TOKEN_RE.findall(f"{system} {prompt} {suffix}"))
         self._answer(body, model, "generate", text, [], tokens)
@@ -493,7 +493,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = body if isinstance(body, dict) else {}
         status, count = _field(body, "status", int, 503), _field(body, "count", int, 1)
         if not 400 <= status <= 599:
-            raise ApiError(400, "status must be between 400 and 599")
+            raise DevHttpError(400, "status must be between 400 and 599")
         self.server.state.fail_next(status, count)
         self._send_json(200, {"status": status, "count": count})
 
@@ -570,7 +570,7 @@ class DevInstance:
 def main(argv: list[str] | None = None) -> None:
     """Run the dev instance in the foreground (``make run``) until Ctrl-C."""
     parser = argparse.ArgumentParser(
-        prog="python -m chatsite.devinstance",
+        prog="python -m chatsite.dev.instance",
         description="Ollama-compatible server with demo models.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -10,13 +10,16 @@ import contextlib
 import logging
 from collections.abc import Iterator
 
+import gevent
 import orjson
 from flask import Response
 
-from . import shutdown
-from .coordination import Lease
-from .pool import Slot
-from .upstream import UpstreamError, UpstreamStream
+from ..coordination import Lease
+from ..greenlets import current_greenlet
+from ..llm.client import InstanceStream
+from ..llm.errors import InstanceError
+from ..llm.pool import Slot
+from . import drain
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def error_line(msg: str) -> bytes:
 class StreamedReply:
     """Relay an upstream stream; subclasses yield the lines in `produce()`."""
 
-    def __init__(self, slot: Slot, upstream: UpstreamStream, user_lease: Lease) -> None:
+    def __init__(self, slot: Slot, upstream: InstanceStream, user_lease: Lease) -> None:
         self.slot = slot
         self.upstream = upstream
         self.user_lease = user_lease
@@ -59,15 +62,15 @@ class StreamedReply:
         """Persist what the reply produced (the chat file), before locks are freed."""
 
     def _lines(self) -> Iterator[bytes]:
-        self._greenlet = _current_greenlet()
-        shutdown.track(self)
+        self._greenlet = current_greenlet()
+        drain.track(self)
         try:
             yield from self.produce()
-        except UpstreamError as error:
+        except InstanceError as error:
             log.warning("stream from %s failed: %s", self.slot.instance.url, error.msg)
             self.finish(complete=False)
             yield error_line(error.msg)
-        except shutdown.Draining as error:
+        except drain.Draining as error:
             self.finish(complete=False)
             yield error_line(str(error))
         except Exception:
@@ -83,7 +86,7 @@ class StreamedReply:
         if self._finished:
             return True
         self._finished = True
-        shutdown.untrack(self)
+        drain.untrack(self)
         try:
             # First stop the GPU (a client that left must not keep it generating), then
             # save, and only then free the user: a next request then sees the saved chat.
@@ -101,8 +104,6 @@ class StreamedReply:
     def interrupt(self, error: BaseException) -> None:
         """End the stream from outside (worker shutdown): raise `error` where it waits."""
         if self._greenlet is not None and not self._finished:
-            import gevent
-
             gevent.kill(self._greenlet, error)  # asynchronous: never waits for it to die
 
     def close(self) -> None:
@@ -111,17 +112,6 @@ class StreamedReply:
             self._body.close()
         finally:
             self.finish(complete=False)
-
-
-def _current_greenlet():
-    """The greenlet running this stream, when gevent runs the server."""
-    from gevent import monkey
-
-    if not monkey.is_module_patched("socket"):
-        return None
-    import gevent
-
-    return gevent.getcurrent()
 
 
 def ndjson_response(reply: StreamedReply) -> Response:

@@ -1,0 +1,26 @@
+"""The endpoints: every blueprint, in the order the factory registers them."""
+
+from . import (
+    chat,
+    create_chat,
+    generate,
+    get_chat,
+    health,
+    model_list,
+    settings,
+    update_settings,
+)
+
+BLUEPRINTS = [
+    module.bp
+    for module in (
+        settings,
+        update_settings,
+        create_chat,
+        get_chat,
+        model_list,
+        generate,
+        chat,
+        health,
+    )
+]

@@ -1,0 +1,1 @@
+"""Storage: the database, users, chat records and their transcripts (files or database)."""
