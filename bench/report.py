@@ -1,0 +1,125 @@
+"""The results as a text table on stdout and in full in ``bench/last-results.json``.
+
+Kept apart from the figures so that what is measured and how it is shown change separately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from figures import SLOW_RATE, TARGETS, Bench
+from processes import BENCH
+
+RESULTS_FILE = BENCH / "last-results.json"
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "%":
+        return f"{value:.1f} %"
+    if unit == "/s":
+        return f"{value:,.0f}"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "us":
+        return f"{value:.1f} us"
+    return f"{value:.1f} {unit}"
+
+
+def table(bench: Bench, notes: Iterable[str]) -> str:
+    """The results table (best of the repetitions) and the environment line."""
+    lines = []
+    header = ("figure", "chatsite", "direct", "ratio")
+    body = []
+    for row in bench.rows.values():
+        ours, direct = row.reduced("chatsite"), row.reduced("direct")
+        cells = [fmt(ours, row.unit), "N/A" if row.direct_na else fmt(direct, row.unit)]
+        for i, target in enumerate(TARGETS):
+            cells[i] += row.bad_note(target)
+        ratio = "N/A"
+        if not row.direct_na and ours is not None and direct:
+            ratio = f"{ours / direct:.3f}"
+        body.append((row.label, *cells, ratio))
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
+
+    def fmt_row(r: tuple[str, ...]) -> str:
+        return (
+            f"{r[0]:<{widths[0]}} | {r[1]:>{widths[1]}} | {r[2]:>{widths[2]}} | {r[3]:>{widths[3]}}"
+        )
+
+    lines.append(fmt_row(header))
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [fmt_row(r) for r in body]
+    lines.append("")
+    lines.append(
+        f"best of up to {bench.plan.reps} run(s) each, among those with the fewest "
+        f"failures (lowest latency/CPU, highest rate/share/RSS); "
+        f"ratio = chatsite / direct"
+    )
+    lines.append(
+        "chunks/s = NDJSON lines received / (last response end - first request sent); "
+        "CPU per chunk = worker utime+stime / lines"
+    )
+    lines.append(
+        f"share of ideal (aggregate) = token lines / (last end - first request) / "
+        f"(streams x {SLOW_RATE}/s); per-stream mean = mean over streams of "
+        f"token lines / (own end - own start) / {SLOW_RATE}/s"
+    )
+    lines += list(notes)
+    lines.append(
+        f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}  "
+        f"nproc={os.cpu_count()}  python {platform.python_version()} "
+        f"({platform.python_implementation()})  {platform.platform()}"
+    )
+    return "\n".join(lines)
+
+
+def busy_warnings(runs: list[dict[str, Any]]) -> list[str]:
+    """One line per kind of run in which a load client was over 90 % busy."""
+    worst: dict[tuple[str, str, int], float] = {}
+    for run in runs:
+        if run.get("load_busy", 0) > 0.9:
+            key = (run["figure"], run["target"], run["concurrency"])
+            worst[key] = max(worst.get(key, 0), run["load_busy"])
+    return [
+        f"warning: figure {fig} {target} {streams} stream(s): a load client was up to "
+        f"{busy:.0%} busy, so it may be what limits this figure"
+        for (fig, target, streams), busy in worst.items()
+    ]
+
+
+def write_json(bench: Bench, args: argparse.Namespace, notes: list[str], seconds: float) -> None:
+    data = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "argv": sys.argv[1:],
+        "plan": bench.plan.__dict__,
+        "seconds": round(seconds, 1),
+        "chat_status": getattr(bench, "chat_status", None),
+        "notes": notes,
+        "table": {
+            key: {
+                "label": row.label,
+                "unit": row.unit,
+                "best": row.best,
+                "chatsite": row.reduced("chatsite"),
+                "direct": None if row.direct_na else row.reduced("direct"),
+                "values": row.values,
+                "bad": row.bad,
+            }
+            for key, row in bench.rows.items()
+        },
+        "runs": bench.runs,
+        "error_samples": bench.samples[:50],
+    }
+    RESULTS_FILE.write_text(json.dumps(data, indent=1) + "\n")
