@@ -4,9 +4,13 @@
 command line or with GUNICORN_CMD_ARGS.
 """
 
+import glob
+import importlib.util
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 
 bind = os.environ.get("CHATSITE_BIND", "127.0.0.1:8000")
 # The gevent worker patches the standard library (monkey.patch_all) before it imports
@@ -23,6 +27,27 @@ keepalive = 5
 # nginx on the same host is the one proxy whose X-Forwarded-* headers count.
 forwarded_allow_ips = "127.0.0.1,::1"
 os.environ.setdefault("CHATSITE_PROXY_HOPS", "1")
+
+
+def _load_logformat():
+    """chatsite/operations/logformat.py, loaded without importing the chatsite package.
+
+    This file runs in gunicorn's master, which must not import the app: its modules are
+    imported by each worker after the gevent worker has monkey-patched the standard library.
+    """
+    package = importlib.util.find_spec("chatsite")
+    path = os.path.join(package.submodule_search_locations[0], "operations", "logformat.py")
+    spec = importlib.util.spec_from_file_location("chatsite_logformat", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+logformat = _load_logformat()
+# CHATSITE_LOG_FORMAT=json: every line is a JSON object, the master's too. The app then
+# writes one line per request (with its id, user, model, instance, queue wait, tokens),
+# which replaces gunicorn's access log.
+log_format = logformat.check_format(os.environ.get("CHATSITE_LOG_FORMAT", "plain"))
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("CHATSITE_LOG_LEVEL", "info")
@@ -32,7 +57,12 @@ logconfig_dict = {
     "root": {"level": loglevel.upper(), "handlers": ["console"]},
     "loggers": {
         "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        # JSON: the app's own request lines replace the access log (WARNING silences it).
+        "gunicorn.access": {
+            "level": "WARNING" if log_format == "json" else "INFO",
+            "handlers": ["console"],
+            "propagate": False,
+        },
     },
     "handlers": {
         "console": {
@@ -41,10 +71,38 @@ logconfig_dict = {
             "stream": "ext://sys.stderr",
         },
     },
-    "formatters": {
-        "plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}
-    },
+    "formatters": {"plain": logformat.formatter_config(log_format)},
 }
+
+# Prometheus metrics summed over the workers: each worker keeps its values in memory-mapped
+# files in this folder, and /metrics merges them. A folder of our own unless the operator
+# names one; either way emptied at start, so no earlier run's counts are added in.
+# (The folder made here is remembered in the environment: a reload reads this file again.)
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatsite-metrics-")
+    os.environ["_CHATSITE_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+def on_starting(server):
+    """Start the metrics from zero."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(folder, "*.db")):
+        os.remove(stale)
+
+
+def child_exit(server, worker):
+    """A worker is gone: drop its live gauges (its counters stay in the sums)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this file made (never one the operator named)."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get("_CHATSITE_METRICS_DIR_MADE") == folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def post_fork(server, worker):

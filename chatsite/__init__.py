@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, errors
+from . import cli, errors, operations
 from .api import cors
 from .api.routes import BLUEPRINTS
 from .site import build_site
@@ -35,7 +35,10 @@ def create_app(
     test_config: dict[str, Any] | None = None, instance_path: str | None = None
 ) -> Flask:
     """Build the application: defaults, instance config, environment, then tests."""
-    app = Flask(__name__, instance_relative_config=True, instance_path=instance_path)
+    # No static folder: the API serves no files of its own (the docs page serves its assets).
+    app = Flask(
+        __name__, instance_relative_config=True, instance_path=instance_path, static_folder=None
+    )
     app.config.from_object("chatsite.defaults")
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("CHATSITE")
@@ -44,6 +47,7 @@ def create_app(
     _resolve_paths(app)
 
     errors.register_error_handlers(app)
+    operations.init_app(app)  # first: every later hook runs inside the request's record
     database.init_app(app)
     cors.init_app(app)
     cli.init_app(app)

@@ -50,5 +50,9 @@ USER_LOCK_RETRY_AFTER = 2
 # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1).
 PROXY_HOPS = 0
 
+# Logs: "plain" lines, or "json" (one object per line, and one line per request with its
+# id, user, endpoint, status, duration, model, instance, queue wait and tokens).
+LOG_FORMAT = "plain"
+
 # Cross-origin front-end dev servers.
 CORS_ORIGINS = []

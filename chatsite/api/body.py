@@ -7,6 +7,7 @@ from flask import request
 from marshmallow import Schema
 
 from ..errors import ApiError
+from ..operations import requestlog
 from ..site import current_site
 from ..storage.tables import User
 from ..storage.users import NO_USER_DATA, NoUserData, require_user
@@ -33,6 +34,7 @@ def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
     body = json_object()
     site = current_site()
     user_id = site.tokens.user_id(body.get("token"))
+    requestlog.note_user(user_id)  # for the request's log line
     return user_id, site.schema(schema).load(body)
 
 

@@ -6,6 +6,7 @@ from . import (
     generate,
     get_chat,
     health,
+    metrics,
     model_list,
     settings,
     update_settings,
@@ -22,5 +23,6 @@ BLUEPRINTS = [
         generate,
         chat,
         health,
-    )
+        metrics,
+            )
 ]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..coordination import Coordinator, Lease
+from ..operations.metrics import QueueWait
 from .catalog import Instance, ModelCatalog
 from .client import InstanceStream
 from .errors import (
@@ -27,6 +28,8 @@ class Slot:
 
     instance: Instance
     lease: Lease
+    model: str = ""
+    waited: float = 0.0  # seconds this request waited for the slot
 
     def release(self) -> None:
         """Give the slot back (idempotent)."""
@@ -60,6 +63,14 @@ class InstancePool:
 
     def acquire(self, model: str, deadline: float, exclude: set[str] = frozenset()) -> Slot:
         """Wait until `deadline` for a slot on an instance serving `model`."""
+        with QueueWait(model) as wait:  # metrics: chatsite_queue_waiting, _queue_wait_seconds
+            slot = self._wait_for_slot(model, deadline, exclude, wait)
+        slot.model, slot.waited = model, wait.seconds
+        return slot
+
+    def _wait_for_slot(
+        self, model: str, deadline: float, exclude: set[str], wait: QueueWait
+    ) -> Slot:
         while True:
             now = time.monotonic()
             candidates = [
@@ -74,6 +85,7 @@ class InstancePool:
                 return slot
             if now >= deadline:
                 raise NoInstanceAvailable()
+            wait.waiting()  # metrics: this request now counts as waiting
             self.coordinator.wait_for_release(min(WAIT_STEP, deadline - now))
 
     def open_stream(

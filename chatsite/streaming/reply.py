@@ -19,6 +19,7 @@ from ..greenlets import current_greenlet
 from ..llm.client import InstanceStream
 from ..llm.errors import InstanceError
 from ..llm.pool import Slot
+from ..operations.metrics import StreamWatch
 from . import drain
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class StreamedReply:
         self.pieces: list[str] = []
         self._finished = False
         self._greenlet = None
+        self.watch = StreamWatch(slot)  # metrics and the request's log line
         self._body = self._lines()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -65,7 +67,12 @@ class StreamedReply:
         self._greenlet = current_greenlet()
         drain.track(self)
         try:
-            yield from self.produce()
+            with contextlib.closing(self.produce()) as lines:
+                for line in lines:
+                    self.watch.first_line()  # once per stream, never per chunk
+                    yield line
+                    break
+                yield from lines
         except InstanceError as error:
             log.warning("stream from %s failed: %s", self.slot.instance.url, error.msg)
             self.finish(complete=False)
@@ -87,6 +94,7 @@ class StreamedReply:
             return True
         self._finished = True
         drain.untrack(self)
+        self.watch.finished(len(self.pieces), complete)  # chunks counted per stream, added once
         try:
             # First stop the GPU (a client that left must not keep it generating), then
             # save, and only then free the user: a next request then sees the saved chat.

@@ -1,0 +1,209 @@
+"""Prometheus metrics for the whole host, summed over gunicorn's workers at scrape time.
+
+Under gunicorn, `gunicorn.conf.py` points PROMETHEUS_MULTIPROC_DIR at a fresh folder before
+any worker starts: every worker then keeps its values in small memory-mapped files there, and
+a scrape (whichever worker answers it) merges them: counters and histograms summed, gauges
+summed over the workers still alive ("livesum"). Without the variable (the Flask dev server,
+tests in one process) the values live in this process.
+
+Nothing here runs per streamed chunk: a stream counts its chunks itself and adds them once,
+when it ends. Instance state (slots in use, up or down) is read at scrape time from the
+catalog and the coordinator, which already span the host (files) or the cluster (Redis).
+"""
+
+import os
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from . import requestlog
+
+if TYPE_CHECKING:
+    from ..llm.pool import Slot
+    from ..site import Site
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# `*_created` samples cannot be merged across workers; none is exported in either mode.
+disable_created_metrics()
+
+# chatsite's own metrics only: the default registry's process_* metrics describe one worker.
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+REQUESTS = Counter(
+    "chatsite_requests_total",
+    "HTTP requests answered, by endpoint (the route's path) and status code.",
+    ["endpoint", "code"],
+    registry=REGISTRY,
+)
+STREAMS_ACTIVE = Gauge(
+    "chatsite_streams_active",
+    "Streamed answers (/chat, /generate) relaying right now.",
+    ["model"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+QUEUE_WAITING = Gauge(
+    "chatsite_queue_waiting",
+    "Requests waiting for a free instance slot right now.",
+    ["model"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+STREAM_CHUNKS = Counter(
+    "chatsite_stream_chunks_total",
+    "Pieces of text relayed to clients (about one per token).",
+    ["model"],
+    registry=REGISTRY,
+)
+FIRST_CHUNK_SECONDS = Histogram(
+    "chatsite_first_chunk_seconds",
+    "From the request's arrival to the first line of its stream.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "chatsite_queue_wait_seconds",
+    "Time a request waited for an instance slot (0 when one was free).",
+    buckets=(0.005, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+STREAM_SECONDS = Histogram(
+    "chatsite_stream_seconds",
+    "How long a stream relayed, from its start to its end (done, error or client gone).",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 900),
+    registry=REGISTRY,
+)
+
+
+def multiprocess() -> bool:
+    """Tell whether the values are shared through PROMETHEUS_MULTIPROC_DIR."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def count_request(endpoint: str, code: int) -> None:
+    """Count one answered request."""
+    REQUESTS.labels(endpoint, str(code)).inc()
+
+
+class QueueWait:
+    """Time one wait for a slot; count the request as waiting only while it really waits."""
+
+    __slots__ = ("_model", "_started", "_waiting", "seconds")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._started = time.monotonic()
+        self._waiting = False
+        self.seconds = 0.0
+
+    def __enter__(self) -> "QueueWait":
+        return self
+
+    def waiting(self) -> None:
+        """Called before each sleep for a slot: the first one makes the request count."""
+        if not self._waiting:
+            self._waiting = True
+            QUEUE_WAITING.labels(self._model).inc()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.seconds = time.monotonic() - self._started if self._waiting else 0.0
+        if self._waiting:
+            QUEUE_WAITING.labels(self._model).dec()
+        QUEUE_WAIT_SECONDS.observe(self.seconds)
+
+
+class StreamWatch:
+    """One stream's figures: active while it runs, first-line time, chunks and length.
+
+    Created by the reply in the view (so the request's record is at hand); `finished()` runs
+    once, from the reply's `finish`, however the stream ends.
+    """
+
+    __slots__ = ("_first_seen", "_model", "_record", "_started")
+
+    def __init__(self, slot: "Slot") -> None:
+        self._model = slot.model
+        self._record = requestlog.current()
+        self._started = time.monotonic()
+        self._first_seen = False
+        STREAMS_ACTIVE.labels(self._model).inc()
+        if self._record is not None:
+            self._record.note_slot(slot)
+
+    def first_line(self) -> None:
+        """The stream's first line is about to be sent."""
+        if not self._first_seen:
+            self._first_seen = True
+            since = self._record.started if self._record is not None else self._started
+            FIRST_CHUNK_SECONDS.observe(time.monotonic() - since)
+
+    def finished(self, chunks: int, complete: bool) -> None:
+        """The stream ended: add its chunks, time it, and log its request."""
+        STREAMS_ACTIVE.labels(self._model).dec()
+        if chunks:
+            STREAM_CHUNKS.labels(self._model).inc(chunks)
+        STREAM_SECONDS.observe(time.monotonic() - self._started)
+        if self._record is not None:
+            self._record.stream_ended(chunks, complete)
+
+
+class InstanceCollector:
+    """`chatsite_instance_up` and `chatsite_instance_slots_in_use`, read at scrape time."""
+
+    def __init__(self, site: "Site") -> None:
+        self.site = site
+
+    def collect(self) -> Iterator[Metric]:
+        catalog, coordinator = self.site.catalog, self.site.coordinator
+        catalog.refresh()  # only when stale, and never blocks while another refresh runs
+        up = GaugeMetricFamily(
+            "chatsite_instance_up",
+            "1 if the chat instance answered its last check and is not cooling down, else 0.",
+            labels=["instance"],
+        )
+        slots = GaugeMetricFamily(
+            "chatsite_instance_slots_in_use",
+            "Slots of the chat instance in use, as the coordinator counts them.",
+            labels=["instance"],
+        )
+        now = time.monotonic()
+        for instance in catalog.instances:
+            up.add_metric([instance.url], int(instance.reachable and not instance.cooling(now)))
+            slots.add_metric([instance.url], coordinator.slots_in_use(instance.url))
+        yield up
+        yield slots
+
+
+class _Scrape:
+    """What one scrape shows: this host's chatsite metrics, then the instances."""
+
+    def __init__(self, site: "Site") -> None:
+        self.sources: list = [InstanceCollector(site)]
+        if multiprocess():
+            merged = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(merged)
+            self.sources.insert(0, merged)
+        else:
+            self.sources.insert(0, REGISTRY)
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self.sources:
+            yield from source.collect()
+
+
+def scrape(site: "Site") -> bytes:
+    """Render every metric in Prometheus' text format."""
+    return generate_latest(_Scrape(site))  # type: ignore[arg-type]

@@ -1,0 +1,161 @@
+"""GET /metrics: one process (the dev server's way), then real gunicorn with several workers."""
+
+import json
+import os
+import signal
+import threading
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests import test_production
+from tests.servers import wait_until
+from tests.test_production import (
+    Stream,
+    chat,
+    echo_body,
+    sessions_on_workers,
+    site_env,
+    slow_body,
+)
+
+NDJSON = "application/x-ndjson"
+launch = test_production.launch  # the fixture that starts gunicorn servers for a test
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    """SQLite only (or the file named by the test): the counting, not the database, is tested."""
+    return f"sqlite:///{tmp_path / 'chatsite.db'}"
+
+
+def scrape(url, session=None):
+    """{(name, (label pairs...)): value} of every sample /metrics shows."""
+    response = (session or requests).get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"two samples for {key}: not summed over workers"
+            samples[key] = sample.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_one_process_counts_requests_streams_and_chunks(live, upstream, token_for):
+    before = scrape(live.url)
+    response = requests.post(f"{live.url}/chat", json=echo_body(token_for()), timeout=10)
+    pieces = [json.loads(line) for line in response.text.splitlines()][:-1]
+    assert response.headers["Content-Type"] == NDJSON and pieces
+    refused = requests.post(f"{live.url}/settings", json={"token": "bad"}, timeout=10)
+    assert refused.status_code == 401
+    after = scrape(live.url)
+
+    def grew(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("chatsite_requests_total", endpoint="/chat", code="200") == 1
+    assert grew("chatsite_requests_total", endpoint="/settings", code="401") == 1
+    assert grew("chatsite_stream_chunks_total", model="echo:latest") == len(pieces)
+    assert grew("chatsite_first_chunk_seconds_count") == 1
+    assert grew("chatsite_stream_seconds_count") == 1
+    assert grew("chatsite_queue_wait_seconds_count") == 1
+    assert value(after, "chatsite_streams_active", model="echo:latest") == 0
+    assert value(after, "chatsite_instance_up", instance=upstream.url) == 1
+    assert value(after, "chatsite_instance_slots_in_use", instance=upstream.url) == 0
+    # Paths that match no route share one label: a scan cannot blow up the series.
+    requests.get(f"{live.url}/no/such/path/{os.getpid()}", timeout=10)
+    assert grew("chatsite_requests_total", endpoint="other", code="404") == 0
+    assert value(scrape(live.url), "chatsite_requests_total", endpoint="other", code="404") >= 1
+
+
+def test_gunicorn_workers_sum_counters_and_gauges(tmp_path, launch, upstream, token_for):
+    """Three workers: every scrape, whichever worker answers it, shows the host's totals."""
+    tokens = [token_for() for _ in range(4)]
+    instances = [{"url": upstream.url, "max_concurrent": 3}]
+    env = site_env(tmp_path, instances, INSTANCE_WAIT_TIMEOUT=10)
+    server = launch(env, tokens[0], workers=3)
+    spread = sessions_on_workers(server, 3, workers=3)
+    assert len({pid for _, pid in spread}) == 3, "the sessions did not reach all three workers"
+    sessions = [session for session, _ in spread]
+    try:
+        start = scrape(server.url, sessions[0])
+        for session in sessions:
+            for _ in range(4):
+                answer = session.post(f"{server.url}/settings", json={"token": tokens[1]})
+                assert answer.status_code == 200
+        settings = value(start, "chatsite_requests_total", endpoint="/settings", code="200")
+        for session in sessions:  # each scrape is answered by another worker
+            samples = scrape(server.url, session)
+            assert value(samples, "chatsite_requests_total", endpoint="/settings", code="200") == (
+                settings + 12
+            )
+
+        # One slow stream per worker, then a fourth request waiting for a slot.
+        streams = [
+            Stream(server.url, slow_body(token), session)
+            for token, session in zip(tokens[:3], sessions, strict=True)
+        ]
+        waiting: list = []
+        waiter = threading.Thread(
+            target=lambda: waiting.append(chat(server.url, echo_body(tokens[3])))
+        )
+        waiter.start()
+
+        def host_view():
+            samples = scrape(server.url)
+            return (
+                value(samples, "chatsite_streams_active", model="slow:latest"),
+                value(samples, "chatsite_queue_waiting", model="echo:latest"),
+                value(samples, "chatsite_instance_slots_in_use", instance=upstream.url),
+            )
+
+        assert wait_until(lambda: host_view() == (3, 1, 3)), host_view()
+        for stream in streams:
+            stream.close()
+        waiter.join(15)
+        assert waiting and waiting[0][0] == 200, waiting
+        assert wait_until(lambda: host_view() == (0, 0, 0)), host_view()
+        samples = scrape(server.url)
+        assert value(samples, "chatsite_queue_wait_seconds_count") >= 4
+        assert value(samples, "chatsite_queue_wait_seconds_bucket", le="+Inf") >= 4
+        assert value(samples, "chatsite_stream_seconds_count") == 4
+        assert value(samples, "chatsite_instance_up", instance=upstream.url) == 1
+        assert value(samples, "chatsite_stream_chunks_total", model="slow:latest") >= 3
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def test_a_killed_workers_streams_leave_the_gauge(tmp_path, launch, upstream, token_for, user):
+    """SIGKILL mid-stream: the worker never counts its stream down; gunicorn's child_exit
+    drops its live gauges, and its counters stay in the host's sums."""
+    token = token_for(user)
+    server = launch(site_env(tmp_path, [{"url": upstream.url, "max_concurrent": 2}]), token)
+    stream = Stream(server.url, slow_body(token))
+    samples = scrape(server.url)
+    assert value(samples, "chatsite_streams_active", model="slow:latest") == 1
+    served = value(samples, "chatsite_requests_total", endpoint="/settings", code="200")
+    assert served >= 1  # gunicorn's readiness check
+    (worker,) = server.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+    stream.close()
+    assert wait_until(lambda: server.worker_pids() and worker not in server.worker_pids(), 10)
+
+    def after_restart():
+        try:
+            return scrape(server.url)
+        except requests.ConnectionError:
+            return None
+
+    samples = wait_until(after_restart, timeout=15)
+    assert samples is not None, server.log()
+    assert value(samples, "chatsite_streams_active", model="slow:latest") == 0
+    assert value(samples, "chatsite_requests_total", endpoint="/settings", code="200") == served
+    assert value(samples, "chatsite_requests_total", endpoint="/chat", code="200") == 1
