@@ -3,11 +3,13 @@
 from . import (
     chat,
     create_chat,
+    docs,
     generate,
     get_chat,
     health,
     metrics,
     model_list,
+    openapi,
     settings,
     update_settings,
 )
@@ -24,5 +26,7 @@ BLUEPRINTS = [
         chat,
         health,
         metrics,
-            )
+        openapi,
+        docs,
+    )
 ]

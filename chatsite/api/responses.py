@@ -1,0 +1,144 @@
+"""The answers' shapes, for the OpenAPI description (and the tests that hold answers to it).
+
+Nothing serializes through these: the views build their answers directly. The tests load
+real answers with them (unknown fields are rejected), so the description stays true.
+"""
+
+from marshmallow import fields, validate
+
+from .schemas import MessageSchema, StrictSchema
+
+
+class ErrorSchema(StrictSchema):
+    """Every error answered before a stream starts."""
+
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(["error", "nodata"]),
+        metadata={"description": '"nodata" only when the user has no record (400).'},
+    )
+    msg = fields.String(required=True, metadata={"description": "A human-readable reason."})
+
+
+class OkSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+    msg = fields.String(required=True)
+
+
+class PromptDataAnswerSchema(StrictSchema):
+    system = fields.String(required=True)
+
+
+class SitePrefsAnswerSchema(StrictSchema):
+    model = fields.String(required=True)
+
+
+class ChatEntrySchema(StrictSchema):
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+
+
+class ChatFilesSchema(StrictSchema):
+    files = fields.List(
+        fields.Nested(ChatEntrySchema),
+        required=True,
+        metadata={"description": "The user's chats, most recently updated first."},
+    )
+
+
+class UserPrefsSchema(StrictSchema):
+    """The user's preferences, as /settings answers them."""
+
+    uuid = fields.UUID(required=True)
+    nickname = fields.String(required=True)
+    prompt_data = fields.Nested(PromptDataAnswerSchema, required=True)
+    site_prefs = fields.Nested(SitePrefsAnswerSchema, required=True)
+    chat_files = fields.Nested(ChatFilesSchema, required=True)
+
+
+class SettingsUpdatedSchema(OkSchema):
+    userprefs = fields.Nested(UserPrefsSchema, required=True)
+
+
+class ChatCreatedSchema(OkSchema):
+    chatId = fields.UUID(required=True)
+
+
+class ChatContentsSchema(OkSchema):
+    contents = fields.List(
+        fields.Nested(MessageSchema),
+        required=True,
+        metadata={"description": "The saved messages; they can be sent back to /chat as-is."},
+    )
+
+
+class ModelSchema(StrictSchema):
+    name = fields.String(required=True, metadata={"description": "Always with a tag."})
+    family = fields.String(required=True)
+    parameter_size = fields.String(required=True)
+    quantization_level = fields.String(required=True)
+    size = fields.Integer(required=True)
+    modified_at = fields.String(required=True)
+    capabilities = fields.List(
+        fields.String(),
+        required=True,
+        metadata={"description": "completion, tools, insert, vision, thinking, ..."},
+    )
+
+
+class ModelListSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+    models = fields.List(fields.Nested(ModelSchema), required=True)
+
+
+class GenerateLineSchema(StrictSchema):
+    """One line of a /generate stream."""
+
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+    response = fields.String(required=True, metadata={"description": "The next piece of text."})
+    finalMsg = fields.String(
+        metadata={"description": "Last line only: the whole text, with `response` empty."}
+    )
+
+
+class ChatLineSchema(StrictSchema):
+    """One line of a /chat stream."""
+
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+    msg = fields.String(required=True, metadata={"description": "The next piece of the reply."})
+    done = fields.Boolean(required=True)
+    tool = fields.String(metadata={"description": "A tool the server is running for the model."})
+    thinking = fields.String(metadata={"description": "A piece of the model's thinking."})
+    fullMsg = fields.String(
+        metadata={"description": "Last line only: every `msg` of this answer, joined."}
+    )
+
+
+class StreamErrorSchema(StrictSchema):
+    """The last line of a stream that failed after it began."""
+
+    status = fields.String(required=True, validate=validate.Equal("error"))
+    msg = fields.String(required=True)
+    done = fields.Boolean(required=True, validate=validate.Equal(True))
+
+
+class InstanceHealthSchema(StrictSchema):
+    index = fields.Integer(required=True)
+    reachable = fields.Boolean(required=True)
+    models = fields.Integer(required=True, metadata={"description": "How many it serves."})
+    slots_in_use = fields.Integer(required=True)
+    max_concurrent = fields.Integer(required=True)
+
+
+class HealthSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.OneOf(["ok", "error"]))
+    database = fields.Boolean(required=True)
+    instances = fields.List(fields.Nested(InstanceHealthSchema), required=True)
+
+
+class QueuedLineSchema(StrictSchema):
+    """With `queue_updates`: where a waiting request stands in the queue."""
+
+    status = fields.String(required=True, validate=validate.Equal("queued"))
+    position = fields.Integer(required=True, metadata={"description": "1 = next in line."})
+    done = fields.Boolean(required=True, validate=validate.Equal(False))

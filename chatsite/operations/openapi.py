@@ -1,0 +1,337 @@
+"""The OpenAPI 3 description of every route, built from the marshmallow schemas.
+
+Request bodies come from the very schemas that validate them (apispec's MarshmallowPlugin),
+so the description cannot drift from validation: unknown fields are `additionalProperties:
+false`, lengths and patterns come from the fields' validators, and the limits that come from
+the configuration (prompt length, message count, ...) are filled in from the running app's.
+What the schemas cannot say (the answers, the error codes, the streamed lines) is in
+`OPERATIONS`, one entry per route and method; a route without one is described as
+`UNDESCRIBED`, and tests/test_openapi.py fails on it.
+"""
+
+import logging
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Flask
+from marshmallow import Schema, fields
+
+from ..api import responses, schemas
+
+log = logging.getLogger(__name__)
+
+UNDESCRIBED = "(not described)"
+NDJSON = "application/x-ndjson"
+
+INTRODUCTION = """\
+The back end of an LLM chat web site. Every API endpoint is a `POST` with a JSON body that
+carries `token`, a JWT whose `sub` claim is the user's uuid; the token is checked before
+anything else, so a bad one is a 401 whatever else is wrong. Errors answered before a stream
+starts are `{"status": "error", "msg": "..."}`. `/chat` and `/generate` stream NDJSON: one
+JSON object per line (each line's schema is given), sent as soon as it exists; an error after
+the stream began is a last line `{"status": "error", "msg": "...", "done": true}`. The
+operations endpoints (`GET`) are for load balancers, monitoring and this page."""
+
+# Error answers, by status code: (component name, description).
+ERRORS: dict[int, tuple[str, str]] = {
+    400: (
+        "BadRequest",
+        "The body is not a JSON object, or a field is missing, of the wrong "
+        "type, unknown or invalid (the message names it).",
+    ),
+    401: ("Unauthorized", "Missing, malformed, badly signed, expired or not-yet-valid token."),
+    404: ("NotFound", "No such chat for this user (never tells which)."),
+    413: ("TooLarge", "The body is larger than the configured limit (1 MiB by default)."),
+    429: ("Busy", "This user already has a /chat or /generate in flight; see Retry-After."),
+    500: ("ServerError", "The chat server or the storage failed (no details are given)."),
+    503: ("Unavailable", "A back end (database, Redis) is down, or too many requests wait."),
+    504: ("NoInstance", "No chat instance serving the model freed up within the wait."),
+}
+BODY_ERRORS = (400, 401, 413, 503)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What the schemas cannot tell about one route and method."""
+
+    summary: str
+    description: str
+    tag: str = "api"
+    body: type[Schema] | None = None
+    answer: type[Schema] | None = None  # a JSON answer with 200
+    lines: tuple[type[Schema], ...] = ()  # a streamed NDJSON answer: each line is one of these
+    media: str | None = None  # another 200 content type (text/html, text/plain, ...)
+    errors: tuple[int, ...] = ()
+    example: dict[str, Any] | None = None
+    answers: dict[int, str] = field(default_factory=dict)  # other codes with their own meaning
+
+
+TOKEN = "<a JWT whose sub is the user's uuid>"
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("/settings", "POST"): Operation(
+        "The user's preferences and chats",
+        "The user's record is created on the first valid token unless AUTO_CREATE_USERS is "
+        "off; then a user without one gets a 500 `No user data found`.",
+        body=schemas.TokenOnlySchema,
+        answer=responses.UserPrefsSchema,
+        errors=(*BODY_ERRORS, 500),
+        example={"token": TOKEN},
+    ),
+    ("/update-settings", "POST"): Operation(
+        "Change some preferences",
+        "A partial update: only the fields given change; any invalid one is a 400 and nothing "
+        "changes. A model must be one that /models offers (when the list can be fetched).",
+        body=schemas.UpdateSettingsSchema,
+        answer=responses.SettingsUpdatedSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "prefs": {"nickname": "Ada", "site_prefs": {"model": "llama3"}}},
+    ),
+    ("/create-chat", "POST"): Operation(
+        'Create an empty chat named "New chat"',
+        "A 400 with status `nodata` when the user has no record (automatic creation off).",
+        body=schemas.TokenOnlySchema,
+        answer=responses.ChatCreatedSchema,
+        errors=(*BODY_ERRORS, 500),
+        example={"token": TOKEN},
+    ),
+    ("/get-chat", "POST"): Operation(
+        "The messages of one of the user's chats",
+        "A chat that does not exist and one of another user are both a 404.",
+        body=schemas.ChatIdSchema,
+        answer=responses.ChatContentsSchema,
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11"},
+    ),
+    ("/models", "POST"): Operation(
+        "The models the chat instances serve",
+        "Each model once, with its capabilities; an instance that is down is left out. "
+        "Cached for MODELS_CACHE_SECONDS.",
+        body=schemas.TokenOnlySchema,
+        answer=responses.ModelListSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN},
+    ),
+    ("/generate", "POST"): Operation(
+        "Stream a completion, or fill in the middle with a suffix",
+        "`model` defaults to the user's preferred model. The last line carries `finalMsg`, "
+        "the whole text. Every status code is decided before the stream starts.",
+        body=schemas.GenerateSchema,
+        lines=(responses.GenerateLineSchema, responses.StreamErrorSchema),
+        errors=(*BODY_ERRORS, 429, 500, 504),
+        example={"token": TOKEN, "model": "llama3", "prompt": "Once upon a time"},
+    ),
+    ("/chat", "POST"): Operation(
+        "Stream the next reply of a conversation",
+        "`model` defaults to the user's preferred model and `system` to the user's system "
+        "prompt. With `chatfile`, the exchange is saved to that chat (404 if it is not the "
+        "user's). The last line carries `fullMsg`, every `msg` of the answer joined.",
+        body=schemas.ChatSchema,
+        lines=(responses.ChatLineSchema, responses.StreamErrorSchema),
+        errors=(*BODY_ERRORS, 404, 429, 500, 504),
+        example={
+            "token": TOKEN,
+            "model": "llama3",
+            "messages": [{"role": "user", "content": "Hello!"}],
+        },
+    ),
+    ("/stop", "POST"): Operation(
+        "End this user's /chat or /generate in flight",
+        "Answers once the stream has ended and the user is free again.",
+        body=schemas.TokenOnlySchema,
+        answer=responses.OkSchema,
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN},
+    ),
+    ("/healthz", "GET"): Operation(
+        "Database and chat instances, for load balancers",
+        "200 when the database answers and at least one instance is reachable, else 503 "
+        "(with the same body). Keep it to internal addresses (deploy/nginx.conf).",
+        tag="operations",
+        answer=responses.HealthSchema,
+        answers={503: "Not healthy: the same body, with `status: error`."},
+    ),
+    ("/metrics", "GET"): Operation(
+        "Prometheus metrics for the whole host",
+        "Prometheus text format, summed over the host's workers. Keep it to internal "
+        "addresses (deploy/nginx.conf).",
+        tag="operations",
+        media="text/plain",
+    ),
+    ("/openapi.json", "GET"): Operation(
+        "This description",
+        "OpenAPI 3, built from the request schemas.",
+        tag="operations",
+        media="application/json",
+    ),
+    ("/docs", "GET"): Operation(
+        "The interactive API page",
+        "Served with all its assets by the app itself.",
+        tag="operations",
+        media="text/html",
+    ),
+    ("/docs/<asset>", "GET"): Operation(
+        "An asset of the API page",
+        "Scripts, style sheets and icons of the page.",
+        tag="operations",
+        media="application/octet-stream",
+        answers={404: "No such asset."},
+    ),
+}
+
+# Request fields whose limits come from the configuration: (schema, field, keyword, limit).
+CONFIGURED_LIMITS = (
+    ("Generate", "prompt", "maxLength", "prompt_chars"),
+    ("Generate", "suffix", "maxLength", "prompt_chars"),
+    ("Chat", "system", "maxLength", "system_prompt_chars"),
+    ("Chat", "messages", "maxItems", "messages"),
+    ("PromptData", "system", "maxLength", "system_prompt_chars"),
+)
+
+
+def describe_custom_fields(
+    self: Any, field: fields.Field, ret: dict[str, Any], **kwargs: Any
+) -> dict[str, Any]:
+    """What apispec cannot read from a custom field's own checks."""
+    if isinstance(field, schemas.Nickname):
+        return {
+            "minLength": 1,
+            "maxLength": 32,
+            "description": "Trimmed; 1 to 32 characters; no control characters.",
+        }
+    if isinstance(field, schemas.ModelName):
+        return {"description": "A model name; without a tag it means `:latest`, as in Ollama."}
+    if isinstance(field, fields.Dict) and "maxLength" in ret:
+        return {"maxProperties": ret.pop("maxLength")}  # a length check on a dict counts keys
+    if field.name == "token" and isinstance(field.parent, schemas.LimitedSchema):
+        return {"description": "A JWT whose `sub` claim is the user's uuid."}
+    return {}
+
+
+def openapi_path(rule: str) -> str:
+    """`/docs/<path:asset>` -> `/docs/{asset}`."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def _json(schema: type[Schema] | str) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(op: Operation, rule_arguments: list[str]) -> dict[str, Any]:
+    """The OpenAPI operation object for one table entry."""
+    result: dict[str, Any] = {"summary": op.summary, "description": op.description}
+    result["tags"] = [op.tag]
+    if rule_arguments:
+        result["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in rule_arguments
+        ]
+    if op.body is not None:
+        content = _json(op.body)
+        if op.example is not None:
+            content["application/json"]["example"] = op.example
+        result["requestBody"] = {"required": True, "content": content}
+    if op.answer is not None:
+        ok = {"description": "OK", "content": _json(op.answer)}
+    elif op.lines:
+        schema = {"oneOf": list(op.lines)} if len(op.lines) > 1 else op.lines[0]
+        ok = {
+            "description": "A stream: one JSON object per line, each line one of these.",
+            "headers": {"X-Accel-Buffering": {"schema": {"type": "string", "enum": ["no"]}}},
+            "content": {NDJSON: {"schema": schema}},
+        }
+    else:
+        ok = {"description": "OK", "content": {op.media or "text/plain": {"schema": {}}}}
+    result["responses"] = {"200": ok}
+    for code in op.errors:
+        result["responses"][str(code)] = {"$ref": f"#/components/responses/{ERRORS[code][0]}"}
+    for code, text in op.answers.items():
+        answer: dict[str, Any] = {"description": text}
+        if op.answer is not None and code != 404:
+            answer["content"] = _json(op.answer)
+        result["responses"][str(code)] = answer
+    return result
+
+
+def _queue_updates_enabled() -> bool:
+    """Whether /chat and /generate accept `queue_updates` (then a `queued` line exists)."""
+    return "queue_updates" in schemas.ChatSchema._declared_fields
+
+
+def build(app: Flask) -> dict[str, Any]:
+    """Describe every route of `app`'s URL map, with the app's configured limits."""
+    plugin = MarshmallowPlugin()
+    try:
+        release = version("chatsite")
+    except PackageNotFoundError:  # pragma: no cover - running from an uninstalled checkout
+        release = "0"
+    spec = APISpec(
+        title="chatsite",
+        version=release,
+        openapi_version="3.0.3",
+        info={"description": INTRODUCTION},
+        plugins=[plugin],
+        tags=[
+            {"name": "api", "description": "The chat site's endpoints (POST, JSON, token)."},
+            {"name": "operations", "description": "For operators and front-end developers."},
+        ],
+    )
+    plugin.converter.add_attribute_function(describe_custom_fields)
+    spec.components.schema("Error", schema=responses.ErrorSchema)
+    for code, (name, description) in ERRORS.items():
+        answer: dict[str, Any] = {"description": description, "content": _json("Error")}
+        if code == 429:
+            answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        spec.components.response(name, answer)
+    lines_extra = [responses.QueuedLineSchema] if _queue_updates_enabled() else []
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            op = OPERATIONS.get((openapi_rule_key(rule.rule), method))
+            if op is None:
+                log.warning("no OpenAPI description for %s %s", method, rule.rule)
+                described = {"summary": UNDESCRIBED, "responses": {"default": {"description": ""}}}
+            else:
+                if op.lines and lines_extra:
+                    op = Operation(**{**op.__dict__, "lines": (*op.lines, *lines_extra)})
+                described = _operation(op, sorted(rule.arguments))
+            paths.setdefault(openapi_path(rule.rule), {})[method.lower()] = described
+    for path, operations in paths.items():
+        spec.path(path=path, operations=operations)
+    document = spec.to_dict()
+    _apply_configured_limits(document, app)
+    return document
+
+
+def openapi_rule_key(rule: str) -> str:
+    """`/docs/<path:asset>` -> `/docs/<asset>`: table keys leave out the converters."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"<\1>", rule)
+
+
+def _apply_configured_limits(document: dict[str, Any], app: Flask) -> None:
+    """Write the running app's size limits into the request schemas."""
+    limits = schemas.Limits.from_config(app.config)
+    components = document["components"]["schemas"]
+    for schema_name, field_name, keyword, limit in CONFIGURED_LIMITS:
+        prop = components.get(schema_name, {}).get("properties", {}).get(field_name)
+        if prop is not None:
+            prop[keyword] = getattr(limits, limit)
+    messages = components.get("Chat", {}).get("properties", {}).get("messages")
+    if messages is not None:
+        messages["minItems"] = 1
+        messages["description"] = (
+            f"The conversation so far; each message's content at most "
+            f"{limits.message_chars} characters."
+        )
+
+
+def description(app: Flask) -> dict[str, Any]:
+    """The app's description, built once (the URL map does not change once serving)."""
+    document = app.extensions.get("chatsite.openapi")
+    if document is None:
+        document = app.extensions["chatsite.openapi"] = build(app)
+    return document
