@@ -1,7 +1,9 @@
 """GET /metrics: one process (the dev server's way), then real gunicorn with several workers."""
 
+import http.client
 import json
 import os
+import re
 import signal
 import threading
 
@@ -10,11 +12,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import test_production
-from tests.servers import wait_until
+from tests.servers import ROOT, Nginx, free_port, need_service, nginx_binary, wait_until
 from tests.test_production import (
     Stream,
     chat,
     echo_body,
+    nginx_site,
     sessions_on_workers,
     site_env,
     slow_body,
@@ -159,3 +162,51 @@ def test_a_killed_workers_streams_leave_the_gauge(tmp_path, launch, upstream, to
     assert value(samples, "chatsite_streams_active", model="slow:latest") == 0
     assert value(samples, "chatsite_requests_total", endpoint="/settings", code="200") == served
     assert value(samples, "chatsite_requests_total", endpoint="/chat", code="200") == 1
+
+
+def test_nginx_keeps_metrics_internal_and_names_requests(tmp_path, launch, upstream, token_for):
+    """deploy/nginx.conf: /metrics and /healthz answer internal addresses only (127.0.0.2 is
+    not on its list), and the request id the app logs and echoes is nginx's, not the client's."""
+    binary = nginx_binary()
+    if binary is None:
+        need_service("nginx is not installed")
+    token = token_for()
+    server = launch(site_env(tmp_path, [upstream.url]), token)
+    port = free_port()
+    with Nginx(binary, tmp_path / "nginx", nginx_site(server.port, port)) as proxy:
+        proxy.start(port)
+
+        def ask(method, path, source, body=None, headers=None):
+            connection = http.client.HTTPConnection("127.0.0.1", port, 10, (source, 0))
+            try:
+                payload = json.dumps(body) if body is not None else None
+                connection.request(method, path, payload, headers or {})
+                answer = connection.getresponse()
+                return answer.status, dict(answer.getheaders()), answer.read()
+            finally:
+                connection.close()
+
+        status, _, text = ask("GET", "/metrics", "127.0.0.1")
+        assert status == 200 and b"chatsite_requests_total" in text
+        assert ask("GET", "/metrics", "127.0.0.2")[0] == 403
+        assert ask("GET", "/healthz", "127.0.0.2")[0] == 403
+        status, headers, _ = ask(
+            "POST", "/settings", "127.0.0.2", {"token": token}, {"X-Request-ID": "mine"}
+        )
+        assert status == 200
+        assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"]), headers
+
+
+def test_the_dashboard_queries_only_metrics_that_exist(live):
+    dashboard = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= 10
+    text = requests.get(f"{live.url}/metrics", timeout=10).text
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\w+) (\w+)$", text, re.MULTILINE):
+        suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
+        names |= {name + suffix for suffix in suffixes}
+    used = {name for expr in exprs for name in re.findall(r"\bchatsite_\w+", expr)}
+    assert used and used <= names, used - names
+    for expected in ("streams_active", "queue_waiting", "first_chunk", "stream_chunks", "up"):
+        assert any(expected in name for name in used), expected
