@@ -92,8 +92,9 @@ def test_an_unknown_format_stops_the_app(make_app):
 def test_the_dev_server_logs_json_lines(tmp_path):
     """No logging configured (as under `flask run`): the app logs JSON to stderr itself."""
     script = (
+        "import sys\n"
         "from chatsite import create_app\n"
-        "app = create_app()\n"
+        "app = create_app(instance_path=sys.argv[1])\n"
         "app.test_client().post('/settings', json={'token': 'bad'})\n"
         "app.logger.warning('a note with %s', 'args')\n"
     )
@@ -104,7 +105,7 @@ def test_the_dev_server_logs_json_lines(tmp_path):
         "PATH": "/usr/bin:/bin",
     }
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, str(tmp_path / "instance")],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
