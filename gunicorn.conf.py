@@ -77,9 +77,15 @@ logconfig_dict = {
 # Prometheus metrics summed over the workers: each worker keeps its values in memory-mapped
 # files in this folder, and /metrics merges them. A folder of our own unless the operator
 # names one; either way emptied at start, so no earlier run's counts are added in.
-# (The folder made here is remembered in the environment: a reload reads this file again.)
+# The folder is in memory (/dev/shm) where there is one: the workers write to these files on
+# every request, and a file on disk would be written back to it now and then, which can make
+# a write wait for the disk. (The folder made here is remembered in the environment: a
+# reload reads this file again.)
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatsite-metrics-")
+    _memory = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix="chatsite-metrics-", dir=_memory
+    )
     os.environ["_CHATSITE_METRICS_DIR_MADE"] = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
