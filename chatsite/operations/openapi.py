@@ -217,6 +217,11 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
+def openapi_rule_key(rule: str) -> str:
+    """`/docs/<path:asset>` -> `/docs/<asset>`: table keys leave out the converters."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"<\1>", rule)
+
+
 def _json(schema: type[Schema] | str) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -241,7 +246,12 @@ def _operation(op: Operation, rule_arguments: list[str]) -> dict[str, Any]:
         schema = {"oneOf": list(op.lines)} if len(op.lines) > 1 else op.lines[0]
         ok = {
             "description": "A stream: one JSON object per line, each line one of these.",
-            "headers": {"X-Accel-Buffering": {"schema": {"type": "string", "enum": ["no"]}}},
+            "headers": {
+                "X-Accel-Buffering": {
+                    "description": "Tells nginx to pass each line on at once.",
+                    "schema": {"type": "string", "enum": ["no"]},
+                }
+            },
             "content": {NDJSON: {"schema": schema}},
         }
     else:
@@ -251,7 +261,7 @@ def _operation(op: Operation, rule_arguments: list[str]) -> dict[str, Any]:
         result["responses"][str(code)] = {"$ref": f"#/components/responses/{ERRORS[code][0]}"}
     for code, text in op.answers.items():
         answer: dict[str, Any] = {"description": text}
-        if op.answer is not None and code != 404:
+        if op.answer is not None:  # the same body (e.g. /healthz's 503)
             answer["content"] = _json(op.answer)
         result["responses"][str(code)] = answer
     return result
@@ -305,11 +315,6 @@ def build(app: Flask) -> dict[str, Any]:
     document = spec.to_dict()
     _apply_configured_limits(document, app)
     return document
-
-
-def openapi_rule_key(rule: str) -> str:
-    """`/docs/<path:asset>` -> `/docs/<asset>`: table keys leave out the converters."""
-    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"<\1>", rule)
 
 
 def _apply_configured_limits(document: dict[str, Any], app: Flask) -> None:
