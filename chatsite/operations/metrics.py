@@ -14,6 +14,7 @@ the cluster (Redis).
 """
 
 import atexit
+import logging
 import os
 import threading
 import time
@@ -36,6 +37,8 @@ from . import requestlog
 if TYPE_CHECKING:
     from ..llm.pool import Slot
     from ..site import Site
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,7 +136,10 @@ class Pending:
     def _flush_forever(self) -> None:
         while True:
             time.sleep(FLUSH_SECONDS)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # keep flushing: one bad write must not stop the metrics
+                log.exception("could not write the metrics")
 
     def flush(self) -> None:
         """Write the changes kept so far to the shared values."""
