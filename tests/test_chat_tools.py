@@ -1,5 +1,8 @@
 """The tool loop of /chat over real HTTP: the dev instance's `tooler` model asks for tools."""
 
+import json
+import logging
+
 import pytest
 
 from tests.test_streaming import create_chat, get_chat, stream
@@ -149,3 +152,58 @@ def test_bad_tool_path_fails_at_start(make_app):
 
     with pytest.raises(ToolConfigError, match="no_such_module"):
         make_app(TOOLS=["no_such_module:tool"])
+
+
+def test_calls_past_the_round_bound_are_refused(make_live, token_for, upstream):
+    live = make_live(MAX_TOOL_CALLS_PER_ROUND=2)
+    calls = " ".join(f'call calculate {{"expression": "{n}+1"}}' for n in range(3))
+    lines = ask(live.url, token_for(), calls)
+    assert [line["tool"] for line in lines if "tool" in line] == ["calculate", "calculate"]
+    assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
+    answers = [m["content"] for m in chat_requests(upstream)[-1]["messages"] if m["role"] == "tool"]
+    assert answers[:2] == ["1", "2"]
+    assert answers[2].startswith("error: too many tool calls in one round (at most 2)")
+
+
+def test_search_reads_a_bounded_number_of_bytes(live, token_for, user):
+    """Chats full of huge tool-call arguments cost their size, not only their text."""
+    token = token_for(user)
+    transcripts = live.app.extensions["chatsite"].transcripts
+    bulky = {"function": {"name": "calculate", "arguments": {"expression": "9" * 1_000_000}}}
+
+    def saved_chat(messages):
+        chat_id = create_chat(live.url, token)
+        transcripts.write(user, chat_id, messages)
+        return chat_id
+
+    oldest = saved_chat([{"role": "user", "content": "the quince is old"}])
+    for _ in range(6):  # 6 MB, newer than the oldest chat, with little text
+        saved_chat([{"role": "assistant", "content": "", "tool_calls": [bulky]}])
+    newest = saved_chat([{"role": "user", "content": "the quince is new"}])
+
+    found = ask(live.url, token, 'call search_chats {"query": "quince"}')[-1]["fullMsg"]
+    assert newest in found
+    assert oldest not in found  # the search stopped within its byte budget
+
+
+def test_a_tool_name_with_a_newline_forges_no_log_line(live, token_for, upstream, caplog):
+    caplog.set_level(logging.INFO)
+    name = "calculate\nERROR chatsite.auth: FORGED admin signed in"
+    lines = ask(live.url, token_for(), f"call {json.dumps(name)} {{}}")
+    assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
+    assert chat_requests(upstream)[-1]["messages"][-1]["content"].startswith("error: unknown tool")
+    assert any("FORGED" in line for line in caplog.text.splitlines())  # it was logged...
+    assert not any(line.startswith("ERROR chatsite.auth") for line in caplog.text.splitlines())
+
+
+def test_deeply_nested_arguments_are_an_error_result(live, token_for, upstream, caplog):
+    token = token_for()
+    chat_id = create_chat(live.url, token)
+    deep = "[" * 500 + "]" * 500
+    lines = ask(live.url, token, f'call calculate {{"expression": {deep}}}', chatfile=chat_id)
+    assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
+    assert "nested too deeply" in lines[-1]["fullMsg"]
+    assert not [record for record in caplog.records if record.exc_info]  # no traceback
+    contents = get_chat(live.url, token, chat_id)
+    assert [m["role"] for m in contents] == ["user", "assistant", "tool", "assistant"]
+    assert contents[1]["tool_calls"][0]["function"] == {"name": "calculate", "arguments": {}}

@@ -33,6 +33,7 @@ def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner 
         context=ToolContext(user_id=user_id, transcripts=site.transcripts),
         timeout=site.tool_timeout,
         max_rounds=site.max_tool_rounds,
+        max_calls=site.max_tool_calls,
     )
 
 

@@ -37,7 +37,8 @@ MODIFIED_AT = "2026-01-01T00:00:00Z"
 REGISTRY = "registry.ollama.ai/library/"
 FAILABLE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags"})
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")  # whitespace stays attached: "".join(pieces) == text
-CALL_RE = re.compile(r"\bcall\s+([A-Za-z_][\w.-]*)\s*")
+# `call NAME {args}`; NAME may be a JSON string, to test names no real tool has.
+CALL_RE = re.compile(r'\bcall\s+("(?:[^"\\]|\\.)*"|[A-Za-z_][\w.-]*)\s*')
 DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _BAD_JSON = object()  # marks a request body that is not JSON at all
 
@@ -109,7 +110,13 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
         if text.startswith("{", pos):
             with suppress(json.JSONDecodeError):
                 args, pos = decoder.raw_decode(text, pos)
-        calls.append({"function": {"name": match.group(1).rstrip(".-"), "arguments": args}})
+        name = match.group(1)
+        if name.startswith('"'):
+            with suppress(json.JSONDecodeError):
+                name = json.loads(name)
+        else:
+            name = name.rstrip(".-")
+        calls.append({"function": {"name": name, "arguments": args}})
     return calls
 
 

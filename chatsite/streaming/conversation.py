@@ -10,11 +10,13 @@ from ..coordination import Lease
 from ..llm.client import InstanceStream
 from ..llm.pool import Slot
 from ..tools import ToolContext, ToolRegistry
+from ..tools.arguments import too_deep
 from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
 
 log = logging.getLogger(__name__)
 
 TOO_MANY_ROUNDS = "\n\n[stopped: the model asked for tools too many times]"
+TOO_MANY_CALLS = "error: too many tool calls in one round (at most {max_calls}): not run"
 
 
 def timestamp() -> str:
@@ -47,6 +49,14 @@ def clean_tool_call(call: Any) -> dict:
     return cleaned
 
 
+def without_deep_arguments(call: dict) -> dict:
+    """The call as sent back to the model and saved: arguments too deep to encode again are
+    dropped (the tool's answer says why)."""
+    if not too_deep(call["function"]["arguments"]):
+        return call
+    return {**call, "function": {**call["function"], "arguments": {}}}
+
+
 @dataclass
 class ToolRunner:
     """Everything the tool loop needs: the registry, the caller's context, limits."""
@@ -55,6 +65,7 @@ class ToolRunner:
     context: ToolContext
     timeout: float
     max_rounds: int
+    max_calls: int
 
 
 class ChatReply(StreamedReply):
@@ -120,17 +131,21 @@ class ChatReply(StreamedReply):
         assistant = {
             "role": "assistant",
             "content": "".join(self.round_pieces),
-            "tool_calls": tool_calls,
+            "tool_calls": [without_deep_arguments(call) for call in tool_calls],
         }
         self.payload["messages"].append(assistant)
         self.exchange.append({**assistant, "timestamp": timestamp()})
-        for call in tool_calls:
+        max_calls = self.tools.max_calls
+        for index, call in enumerate(tool_calls):
             name, arguments = call["function"]["name"], call["function"]["arguments"]
-            yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
-            result = self.tools.registry.run(
-                name, arguments, self.tools.context, self.tools.timeout
-            )
-            message = {"role": "tool", "content": result.content, "tool_name": name}
+            if index < max_calls:
+                yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
+                content = self.tools.registry.run(
+                    name, arguments, self.tools.context, self.tools.timeout
+                ).content
+            else:
+                content = TOO_MANY_CALLS.format(max_calls=max_calls)
+            message = {"role": "tool", "content": content, "tool_name": name}
             self.payload["messages"].append(message)
             self.exchange.append({**message, "timestamp": timestamp()})
 
