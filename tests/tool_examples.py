@@ -18,3 +18,9 @@ def slow_tool(context: ToolContext, seconds: float = 2.0) -> str:
 def whoami(context: ToolContext) -> str:
     """Tell the model which user it is talking to."""
     return context.user_id
+
+
+def spin(context: ToolContext) -> str:
+    """Spin the CPU forever in pure Python, as a buggy operator tool might."""
+    while True:
+        pass
