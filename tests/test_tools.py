@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +27,8 @@ from chatsite.tools import (
 )
 from chatsite.tools.builtin import BUILTIN_TOOLS, calculate, search_chats
 from chatsite.tools.calculator import CalculationError
+from chatsite.tools.processes import shared_pool
+from tests.servers import wait_until
 
 HERE = "tests.test_tools"
 PINNED = datetime.datetime(2024, 2, 29, 23, 30, 15, 123456, tzinfo=datetime.UTC)
@@ -69,6 +72,11 @@ def slow(context: ToolContext) -> str:
 def boom(context: ToolContext) -> str:
     """Always fail."""
     raise RuntimeError("boom")
+
+
+def die(context: ToolContext) -> str:
+    """End the tool process at once, as a crashing native library would."""
+    os._exit(3)
 
 
 def huge(context: ToolContext) -> str:
@@ -127,7 +135,7 @@ def context():
 
 @pytest.fixture
 def registry():
-    return ToolRegistry([echo, describe, slow, boom, huge])
+    return ToolRegistry([echo, describe, slow, boom, huge, die])
 
 
 # Schemas
@@ -403,6 +411,32 @@ def test_failing_tool(registry, context, caplog):
 def test_slow_tool_times_out(registry, context):
     result = registry.run("slow", {}, context, timeout=0.2)
     assert result == ToolResult(name="slow", content="error: tool timed out after 0.2 s", ok=False)
+
+
+def test_a_tool_that_kills_its_process_is_an_error_and_the_process_is_replaced(registry, context):
+    result = registry.run("die", {}, context, timeout=5)
+    assert result == ToolResult("die", "error: tool failed: the tool process exited", ok=False)
+    assert registry.run("echo", {"text": "still here"}, context, timeout=5).ok
+
+
+def test_a_call_waits_for_a_free_tool_process_at_most_its_time_limit(context):
+    registry = ToolRegistry([echo, slow], processes=1)
+    assert registry.run("echo", {"text": "warm"}, context, timeout=5).ok
+    pool = shared_pool(1)
+    results = {}
+    busy = threading.Thread(
+        target=lambda: results.update(slow=registry.run("slow", {}, context, timeout=10))
+    )
+    busy.start()
+    assert wait_until(lambda: not pool.pids())  # the only process is running `slow`
+    waiting = registry.run("echo", {"text": "hi"}, context, timeout=0.2)
+    busy.join()
+    assert waiting == ToolResult(
+        "echo",
+        "error: the server is too busy to run tools now (no tool process was free within 0.2 s)",
+        ok=False,
+    )
+    assert results["slow"].content == "done"
 
 
 def test_long_results_are_truncated(registry, context):
