@@ -336,7 +336,7 @@ def test_unknown_tool(registry, context):
     result = registry.run("nope", {}, context, timeout=2)
     assert not result.ok
     assert result.content == (
-        'error: unknown tool "nope"; available tools: echo, describe, slow, boom, huge'
+        'error: unknown tool "nope"; available tools: echo, describe, slow, boom, huge, die'
     )
     assert not registry.run(None, {}, context, timeout=2).ok
 
