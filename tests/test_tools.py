@@ -74,6 +74,15 @@ def boom(context: ToolContext) -> str:
     raise RuntimeError("boom")
 
 
+def refuse(context: ToolContext, reason: str) -> str:
+    """Fail with the model's own words.
+
+    Args:
+        reason: Why.
+    """
+    raise ValueError(reason)
+
+
 def die(context: ToolContext) -> str:
     """End the tool process at once, as a crashing native library would."""
     os._exit(3)
@@ -406,6 +415,15 @@ def test_failing_tool(registry, context, caplog):
     (record,) = [r for r in caplog.records if "Traceback" in r.getMessage()]
     assert record.levelno == logging.WARNING
     assert 'raise RuntimeError("boom")' in record.getMessage()  # the tool process's traceback
+
+
+def test_a_tool_error_with_a_newline_forges_no_log_line(context, caplog):
+    registry = ToolRegistry([refuse])
+    reason = "no\nERROR chatsite.auth: FORGED"
+    result = registry.run("refuse", {"reason": reason}, context, timeout=5)
+    assert result.content == f"error: tool failed: ValueError: {reason}"  # the model sees it
+    assert "FORGED" in caplog.text
+    assert not [line for line in caplog.text.splitlines() if line.startswith("ERROR")]
 
 
 def test_slow_tool_times_out(registry, context):

@@ -8,6 +8,7 @@ import copy
 import importlib
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -164,7 +165,9 @@ class ToolRegistry:
             log.warning("tool %s failed: %s", name, exc)
             return _error(name, f"tool failed: {exc}")
         if reply.error is not None:
-            log.warning("tool %s failed: %s\n%s", name, reply.error, reply.traceback or "")
+            # Indented: an exception's text may hold the model's arguments, newlines included.
+            trace = textwrap.indent(reply.traceback or "", "    | ")
+            log.warning("tool %s failed: %r\n%s", name, reply.error, trace)
             return _error(name, f"tool failed: {reply.error}")
         return ToolResult(name, cap_result(reply.content), True)
 
