@@ -144,6 +144,13 @@ class ToolRegistry:
             kwargs = bind_arguments(tool.spec, arguments)
         except ArgumentError as exc:
             return _error(name, f"invalid arguments for {name}: {exc}")
+        return self._call(tool, kwargs, context, timeout)
+
+    def _call(
+        self, tool: _Tool, kwargs: dict[str, Any], context: ToolContext, timeout: float
+    ) -> ToolResult:
+        """Run a checked call in a tool process; the pool kills it past `timeout`."""
+        name = tool.spec.name
         call = ToolCall(
             module=tool.fn.__module__,
             qualname=tool.fn.__qualname__,
