@@ -84,10 +84,10 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def make_app(tmp_path, database_url):
-    """Build an app over a temp folder, its tables created, with extra config."""
+    """Build an app over a temp folder with extra config; its tables created unless told."""
 
-    def build(**config):
-        return build_app(tmp_path, database_url, **config)
+    def build(tables=True, **config):
+        return build_app(tmp_path, database_url, tables=tables, **config)
 
     return build
 
@@ -100,6 +100,12 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """Flask's runner for the operator commands (`init-db`, `issue-token`)."""
+    return app.test_cli_runner()
 
 
 @pytest.fixture
