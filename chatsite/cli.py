@@ -1,6 +1,7 @@
 """Operator commands: `flask --app chatsite init-db`, `flask --app chatsite issue-token`."""
 
 import click
+import peewee
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
@@ -14,7 +15,10 @@ from .storage.tables import create_tables
 @with_appcontext
 def init_db_command() -> None:
     """Create the database tables (safe to run again)."""
-    create_tables()
+    try:
+        create_tables()
+    except peewee.DatabaseError as error:
+        raise click.ClickException(f"cannot set up the database: {error}") from None
     click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
 
 

@@ -119,3 +119,11 @@ def test_issue_token_fails_clearly_without_an_hs_secret(make_app, user):
     assert isinstance(result.exception, SystemExit)  # a clear error, not a traceback
     assert "issue-token needs an HS* algorithm and CHATSITE_JWT_SECRET" in result.output
     assert "eyJ" not in result.output
+
+
+def test_init_db_on_a_database_it_cannot_open_says_so(make_app, tmp_path):
+    app = make_app(tables=False, DATABASE_URL=f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}")
+    result = app.test_cli_runner().invoke(args=["init-db"])
+    assert result.exit_code == 1
+    assert "Error: cannot set up the database" in result.output
+    assert "Traceback" not in result.output
