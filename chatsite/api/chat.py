@@ -42,7 +42,8 @@ def reply_room(site: Site, messages: list[dict], saving: bool) -> ReplyRoom:
     """What the reply may add; a saved chat must stay one that /chat accepts (else 400)."""
     if not saving:
         return ReplyRoom(site.limits.message_chars)
-    max_bytes = body_budget(int(current_app.config["MAX_CONTENT_LENGTH"]))
+    body_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    max_bytes = body_budget(int(body_limit)) if body_limit else None
     try:
         return ReplyRoom(site.limits.message_chars, site.limits.messages, max_bytes, messages)
     except ChatTooLong as error:
