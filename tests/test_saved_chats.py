@@ -128,3 +128,18 @@ def test_timestamps_never_go_backwards(make_live, token_for, sent_stamp):
     assert len(stamps) == 4 and stamps == sorted(stamps)
     if sent_stamp:
         assert stamps[0] == sent_stamp
+
+
+def test_a_round_of_too_many_tool_calls_is_saved_within_the_cap(live, token_for):
+    token = token_for()
+    chat_id = create_chat(live.url, token)
+    ask = " ".join(["call current_time"] * 40)
+    body = {"token": token, "model": "tooler", "messages": [{"role": "user", "content": ask}]}
+    _, lines = stream(live.url, "/chat", {**body, "chatfile": chat_id})
+    assert lines[-1]["done"] is True
+    contents = get_chat(live.url, token, chat_id)
+    assert len(contents[1]["tool_calls"]) == 32
+    assert [m["role"] for m in contents[2:]] == ["tool"] * 32 + ["assistant"]
+    response = send_back(live.url, token, contents, model="tooler", chatfile=chat_id)
+    assert response.status_code == 200
+    response.close()

@@ -18,8 +18,6 @@ from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
 log = logging.getLogger(__name__)
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `timestamp()` writes
-MAX_ARGUMENT_DEPTH = 16
-TOO_DEEP = "error: the arguments are nested too deeply; nothing was run"
 
 
 def timestamp() -> str:
@@ -53,37 +51,20 @@ def stamped(messages: list[dict], clock: Clock) -> list[dict]:
     ]
 
 
-def depth(value: Any, limit: int) -> int:
-    """How deeply lists and objects nest in `value`, counted up to just past `limit`."""
-    if limit < 0 or not isinstance(value, dict | list):
-        return 0
-    inner = value.values() if isinstance(value, dict) else value
-    return 1 + max((depth(item, limit - 1) for item in inner), default=0)
-
-
-@dataclass
-class ToolCall:
-    """A model's tool call as saved and sent back, and why it must not run (if so)."""
-
-    saved: dict[str, Any]
-    refusal: str | None = None
-
-    @classmethod
-    def clean(cls, call: Any) -> "ToolCall":
-        """Keep only the fields that the chat file and the model need, within /chat's limits."""
-        function = call.get("function") if isinstance(call, dict) else None
-        function = function if isinstance(function, dict) else {}
-        arguments = function.get("arguments")
-        arguments = arguments if isinstance(arguments, dict) else {}
-        refusal = None
-        if depth(arguments, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
-            arguments, refusal = {}, TOO_DEEP
-        saved: dict[str, Any] = {
-            "function": {"name": str(function.get("name") or "")[:200], "arguments": arguments}
+def clean_tool_call(call: Any) -> dict:
+    """Keep only the fields of a tool call that the chat file and the model need."""
+    function = call.get("function") if isinstance(call, dict) else None
+    function = function if isinstance(function, dict) else {}
+    arguments = function.get("arguments")
+    cleaned = {
+        "function": {
+            "name": str(function.get("name") or "")[:200],
+            "arguments": arguments if isinstance(arguments, dict) else {},
         }
-        if isinstance(call, dict) and isinstance(call.get("id"), str):
-            saved["id"] = call["id"][:200]
-        return cls(saved, refusal)
+    }
+    if isinstance(call, dict) and isinstance(call.get("id"), str):
+        cleaned["id"] = call["id"][:200]
+    return cleaned
 
 
 @dataclass
@@ -157,7 +138,7 @@ class ChatReply(StreamedReply):
         closed by `finish`), and no tool is run.
         """
         self.content, self.thinking = [], []
-        calls: list[ToolCall] = []
+        calls: list[dict] = []
         for line in self.upstream:
             message = line.get("message") or {}
             if not isinstance(message, dict):
@@ -175,7 +156,7 @@ class ChatReply(StreamedReply):
                     yield self._end_with(LENGTH_NOTE)
                     return []
             if isinstance(message.get("tool_calls"), list):
-                calls.extend(ToolCall.clean(call) for call in message["tool_calls"])
+                calls.extend(clean_tool_call(call) for call in message["tool_calls"])
         if len(calls) > MAX_TOOL_CALLS:
             log.warning(
                 "model asked for %d tool calls in one round; ran the first %d",
@@ -197,31 +178,28 @@ class ChatReply(StreamedReply):
         """Close the reply's text with a note saying why it stops here."""
         return self._relay("content", self.room.note(note))
 
-    def _tool_round_message(self, calls: list[ToolCall]) -> dict[str, Any]:
+    def _tool_round_message(self, calls: list[dict]) -> dict[str, Any]:
         """The assistant message of a tool round, as the model will see it again."""
         message = {
             "role": "assistant",
             "content": "".join(self.content),
-            "tool_calls": [call.saved for call in calls],
+            "tool_calls": calls,
         }
         if self.thinking:
             message["thinking"] = "".join(self.thinking)
         return message
 
-    def _run_tools(self, assistant: dict[str, Any], calls: list[ToolCall]) -> Iterator[bytes]:
+    def _run_tools(self, assistant: dict[str, Any], calls: list[dict]) -> Iterator[bytes]:
         """Run each call, telling the client, and add the results to the conversation."""
         self.payload["messages"].append(assistant)
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
         for call in calls:
-            name, arguments = call.saved["function"]["name"], call.saved["function"]["arguments"]
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
             yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
-            if call.refusal is not None:
-                result = call.refusal
-            else:
-                result = self.tools.registry.run(
-                    name, arguments, self.tools.context, self.tools.timeout
-                ).content
+            result = self.tools.registry.run(
+                name, arguments, self.tools.context, self.tools.timeout
+            ).content
             message = {
                 "role": "tool",
                 "content": self.room.take_tool_result(result),
