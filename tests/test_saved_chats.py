@@ -3,6 +3,7 @@ its timestamps never go backwards."""
 
 import json
 
+import orjson
 import pytest
 import requests
 
@@ -20,8 +21,12 @@ def fail_next_answer(context: ToolContext) -> str:
 
 
 def send_back(url, token, contents, **extra):
+    """POST a chat as a browser does: compact UTF-8 JSON."""
     body = {"token": token, "model": "echo", "messages": contents, **extra}
-    return requests.post(f"{url}/chat", json=body, stream=True, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    return requests.post(
+        f"{url}/chat", data=orjson.dumps(body), headers=headers, stream=True, timeout=30
+    )
 
 
 def test_a_long_reply_is_saved_and_sent_back_as_it_is(live, token_for):
@@ -42,14 +47,16 @@ def test_a_long_reply_is_saved_and_sent_back_as_it_is(live, token_for):
     assert last["done"] is True and last["status"] == "ok"
 
 
-def test_a_saved_chat_stays_within_the_body_limit(make_live, token_for, upstream):
+@pytest.mark.parametrize("word", ["lorem ", "\u00e9\U0001f600\u0001 "], ids=["ascii", "escaped"])
+def test_a_saved_chat_stays_within_the_body_limit(make_live, token_for, upstream, word):
     live = make_live(MAX_CONTENT_LENGTH=64 * 1024)  # 48 KiB for the messages of a chat
     token = token_for()
     chat_id = create_chat(live.url, token)
-    words = "lorem " * 5_000  # 30,000 bytes asked, 30,000 echoed: more than fits
+    words = word * (30_000 // (len(orjson.dumps(word)) - 2))  # 30 KB asked, 30 KB echoed
     _, lines = stream(live.url, "/chat", chat_body(token, words, model="echo", chatfile=chat_id))
     assert lines[-1]["done"] is True and lines[-1]["fullMsg"].endswith(STOPPED)
     contents = get_chat(live.url, token, chat_id)
+    assert len(orjson.dumps(contents)) <= 48 * 1024
 
     # The saved chat is a body /chat accepts, as it is ...
     response = send_back(live.url, token, contents)

@@ -93,11 +93,14 @@ class ReplyRoom:
         """Take the part of a `content` or `thinking` piece that fits; True once it is full."""
         cap = self.message_chars - (NOTE_ROOM if kind == "content" else 0)
         room = cap - self.chars[kind]
+        counted = self.bytes_left != math.inf  # sizes cost an encoding: only when they count
+        size = text_size(piece) if counted else 0
         fitted = piece
-        if len(piece) > room or text_size(piece) > self.bytes_left:
+        if len(piece) > room or size > self.bytes_left:
             fitted = prefix_within(piece, room, self.bytes_left)
+            size = text_size(fitted) if counted else 0
         self.chars[kind] += len(fitted)
-        self.bytes_left -= text_size(fitted)
+        self.bytes_left -= size
         return fitted, fitted != piece
 
     def note(self, text: str) -> str:
