@@ -5,19 +5,15 @@ import logging
 
 import pytest
 
-from tests.test_streaming import create_chat, get_chat, stream
+from chatsite.tools import ToolConfigError
+from tests.helpers import chat_body, create_chat, get_chat, stream, upstream_bodies
 
 
 def ask(url, token, content, **extra):
-    body = {"token": token, "model": "tooler", "messages": [{"role": "user", "content": content}]}
-    body.update(extra)
-    response, lines = stream(url, "/chat", body)
+    """Ask the dev instance's `tooler` model, which calls the tools the text names."""
+    response, lines = stream(url, "/chat", chat_body(token, content, model="tooler", **extra))
     assert response.status_code == 200
     return lines
-
-
-def chat_requests(upstream):
-    return [r["body"] for r in upstream.requests() if r["path"] == "/api/chat"]
 
 
 def test_tool_round_trip(live, token_for, upstream):
@@ -30,7 +26,7 @@ def test_tool_round_trip(live, token_for, upstream):
     assert lines[-1]["fullMsg"] == "Tool calculate said: 42"
     assert lines[-1]["fullMsg"] == "".join(line["msg"] for line in lines[:-1])
 
-    first, second = chat_requests(upstream)
+    first, second = upstream_bodies(upstream)
     offered = {tool["function"]["name"] for tool in first["tools"]}
     assert offered == {"current_time", "calculate", "search_chats"}
     assert second["messages"][-2]["role"] == "assistant"
@@ -51,7 +47,7 @@ def test_tool_round_trip(live, token_for, upstream):
     body = {"token": token, "model": "tooler", "messages": history, "chatfile": chat_id}
     _, lines = stream(live.url, "/chat", body)
     assert lines[-1]["done"] is True
-    sent = chat_requests(upstream)[-1]["messages"]
+    sent = upstream_bodies(upstream)[-1]["messages"]
     assert sent[1]["tool_calls"] == contents[1]["tool_calls"]
     assert sent[2] == {"role": "tool", "content": "42", "tool_name": "calculate"}
 
@@ -70,7 +66,7 @@ def test_unknown_tool_is_answered_and_stream_goes_on(live, token_for, upstream):
     lines = ask(live.url, token_for(), "call rm_rf {}")
     assert [line["tool"] for line in lines if "tool" in line] == ["rm_rf"]
     assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
-    tool_message = chat_requests(upstream)[-1]["messages"][-1]
+    tool_message = upstream_bodies(upstream)[-1]["messages"][-1]
     assert tool_message["role"] == "tool"
     assert tool_message["content"].startswith('error: unknown tool "rm_rf"')
 
@@ -78,24 +74,24 @@ def test_unknown_tool_is_answered_and_stream_goes_on(live, token_for, upstream):
 def test_failing_tool_and_bad_arguments(live, token_for, upstream):
     lines = ask(live.url, token_for(), 'call calculate {"expression": "1/0"}')
     assert lines[-1]["done"] is True
-    assert "error" in chat_requests(upstream)[-1]["messages"][-1]["content"]
+    assert "error" in upstream_bodies(upstream)[-1]["messages"][-1]["content"]
     lines = ask(live.url, token_for(), 'call calculate {"expr": 5}')
     assert lines[-1]["done"] is True
-    assert "invalid arguments" in chat_requests(upstream)[-1]["messages"][-1]["content"]
+    assert "invalid arguments" in upstream_bodies(upstream)[-1]["messages"][-1]["content"]
 
 
 def test_slow_tool_times_out(make_live, token_for, upstream):
     live = make_live(TOOLS=["tests.tool_examples:slow_tool"], TOOL_TIMEOUT=0.2)
     lines = ask(live.url, token_for(), 'call slow_tool {"seconds": 3}')
     assert lines[-1]["done"] is True
-    assert "timed out" in chat_requests(upstream)[-1]["messages"][-1]["content"]
+    assert "timed out" in upstream_bodies(upstream)[-1]["messages"][-1]["content"]
 
 
 def test_operator_tools_get_the_callers_context(make_live, token_for, user, upstream):
     live = make_live(TOOLS='["tests.tool_examples:whoami"]')
     lines = ask(live.url, token_for(user), "call whoami")
     assert lines[-1]["fullMsg"] == f"Tool whoami said: {user}"
-    offered = chat_requests(upstream)[0]["tools"]
+    offered = upstream_bodies(upstream)[0]["tools"]
     assert [tool["function"]["name"] for tool in offered] == ["whoami"]
 
 
@@ -113,12 +109,7 @@ def test_search_sees_only_the_callers_chats(live, token_for):
     stream(
         live.url,
         "/chat",
-        {
-            "token": alice,
-            "model": "echo",
-            "chatfile": chat_id,
-            "messages": [{"role": "user", "content": "my secret is pineapple"}],
-        },
+        chat_body(alice, "my secret is pineapple", model="echo", chatfile=chat_id),
     )
     found = ask(live.url, alice, 'call search_chats {"query": "pineapple"}')[-1]["fullMsg"]
     assert chat_id in found
@@ -128,28 +119,18 @@ def test_search_sees_only_the_callers_chats(live, token_for):
 
 
 def test_models_without_tools_are_offered_none(live, token_for, upstream):
-    stream(
-        live.url,
-        "/chat",
-        {
-            "token": token_for(),
-            "model": "echo",
-            "messages": [{"role": "user", "content": "call calculate {}"}],
-        },
-    )
-    assert "tools" not in chat_requests(upstream)[-1]
+    stream(live.url, "/chat", chat_body(token_for(), "call calculate {}", model="echo"))
+    assert "tools" not in upstream_bodies(upstream)[-1]
 
 
 def test_no_tools_configured(make_live, token_for, upstream):
     live = make_live(TOOLS=[])
     lines = ask(live.url, token_for(), "call calculate {}")
-    assert "tools" not in chat_requests(upstream)[-1]
+    assert "tools" not in upstream_bodies(upstream)[-1]
     assert lines[-1]["fullMsg"].startswith("You said:")
 
 
 def test_bad_tool_path_fails_at_start(make_app):
-    from chatsite.tools import ToolConfigError
-
     with pytest.raises(ToolConfigError, match="no_such_module"):
         make_app(TOOLS=["no_such_module:tool"])
 
@@ -160,7 +141,8 @@ def test_calls_past_the_round_bound_are_refused(make_live, token_for, upstream):
     lines = ask(live.url, token_for(), calls)
     assert [line["tool"] for line in lines if "tool" in line] == ["calculate", "calculate"]
     assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
-    answers = [m["content"] for m in chat_requests(upstream)[-1]["messages"] if m["role"] == "tool"]
+    sent = upstream_bodies(upstream)[-1]["messages"]
+    answers = [m["content"] for m in sent if m["role"] == "tool"]
     assert answers[:2] == ["1", "2"]
     assert answers[2].startswith("error: too many tool calls in one round (at most 2)")
 
@@ -191,7 +173,8 @@ def test_a_tool_name_with_a_newline_forges_no_log_line(live, token_for, upstream
     name = "calculate\nERROR chatsite.auth: FORGED admin signed in"
     lines = ask(live.url, token_for(), f"call {json.dumps(name)} {{}}")
     assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"
-    assert chat_requests(upstream)[-1]["messages"][-1]["content"].startswith("error: unknown tool")
+    answer = upstream_bodies(upstream)[-1]["messages"][-1]["content"]
+    assert answer.startswith("error: unknown tool")
     assert any("FORGED" in line for line in caplog.text.splitlines())  # it was logged...
     assert not any(line.startswith("ERROR chatsite.auth") for line in caplog.text.splitlines())
 

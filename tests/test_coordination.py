@@ -10,42 +10,24 @@ import textwrap
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import gevent
 import pytest
 import redis
 
 from chatsite.coordination import FileCoordinator, LocalCoordinator, RedisCoordinator, instance_key
+from tests.helpers import new_user
+from tests.servers import ROOT
 
-REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
-ROOT = Path(__file__).resolve().parent.parent
 URL = "http://chat-1.internal:8000/v1"
 OTHER_URL = "http://chat-2.internal:8000/v1"
-
-
-def new_user() -> str:
-    return str(uuid.uuid4())
-
-
-@pytest.fixture
-def redis_prefix():
-    """A prefix of this test alone; its keys are deleted afterwards."""
-    if not REDIS_URL:
-        pytest.skip("CHATSITE_TEST_REDIS_URL is not set")
-    prefix = f"chatsite-test-{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture
 def raw(redis_prefix):
     """A plain client for looking at (and tampering with) the keys."""
-    client = redis.Redis.from_url(REDIS_URL)
+    url, _ = redis_prefix
+    client = redis.Redis.from_url(url)
     yield client
     client.close()
 
@@ -53,10 +35,11 @@ def raw(redis_prefix):
 @pytest.fixture
 def make_redis(redis_prefix):
     """Build RedisCoordinators on this test's prefix; close them all afterwards."""
+    url, prefix = redis_prefix
     made = []
 
     def make(ttl: float = 15.0) -> RedisCoordinator:
-        made.append(RedisCoordinator(REDIS_URL, prefix=redis_prefix, ttl=ttl))
+        made.append(RedisCoordinator(url, prefix=prefix, ttl=ttl))
         return made[-1]
 
     yield make
@@ -295,23 +278,24 @@ def test_redis_error_on_acquire_raises():
 
 
 def test_redis_keys_are_namespaced(make_redis, raw, redis_prefix):
+    _, prefix = redis_prefix
     coordinator = make_redis()
     user = new_user()
     lease = coordinator.try_lock_user(user)
     slot = coordinator.try_acquire_slot(URL, 2)
-    keys = {key.decode() for key in raw.scan_iter(match=f"{redis_prefix}:*")}
-    assert f"{redis_prefix}:user:{user}" in keys
-    assert any(key.startswith(f"{redis_prefix}:slot:") for key in keys)
-    assert 0 < raw.pttl(f"{redis_prefix}:user:{user}") <= 15000
+    keys = {key.decode() for key in raw.scan_iter(match=f"{prefix}:*")}
+    assert f"{prefix}:user:{user}" in keys
+    assert any(key.startswith(f"{prefix}:slot:") for key in keys)
+    assert 0 < raw.pttl(f"{prefix}:user:{user}") <= 15000
     with pytest.raises(ValueError):
         coordinator.try_lock_user("../not-a-uuid")
     assert make_redis().slots_in_use(URL) == 1  # a worker that never acquired still counts
     lease.release()
     slot.release()
-    assert not raw.exists(f"{redis_prefix}:user:{user}")
+    assert not raw.exists(f"{prefix}:user:{user}")
 
 
-def test_redis_release_spares_a_stolen_key(make_redis, raw, redis_prefix):
+def test_redis_release_spares_a_stolen_key(make_redis, raw):
     coordinator = make_redis()
     user = new_user()
     lease = coordinator.try_lock_user(user)
@@ -370,8 +354,6 @@ def test_redis_leases_of_a_crashed_host_expire(make_redis, raw):
 
 def test_file_slots_reuse_what_this_process_released(tmp_path):
     """A released slot is tried first: no new slot files while load stays the same."""
-    from chatsite.coordination import FileCoordinator
-
     coordinator = FileCoordinator(tmp_path)
     for _ in range(50):
         lease = coordinator.try_acquire_slot("http://gpu:11434", 5000)

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import requests
 
+from chatsite.coordination import FileCoordinator
 from tests import test_production as production
+from tests.helpers import Stream, chat_body, create_chat, get_chat, user_is_free
 from tests.servers import wait_until
-from tests.test_production import Stream, create_chat, get_chat, site_env, user_is_free
+from tests.test_production import site_env
 
 launch = production.launch  # the fixture that starts gunicorn servers for a test
 
@@ -47,11 +49,7 @@ def running(pid: int) -> bool:
 
 
 def tool_body(token, content, **extra):
-    return {
-        "token": token,
-        "model": "tooler",
-        "messages": [{"role": "user", "content": content}],
-    } | extra
+    return chat_body(token, content, model="tooler", **extra)
 
 
 def test_a_runaway_tool_is_killed_and_never_slows_other_users(
@@ -123,7 +121,7 @@ def test_sigterm_during_a_tool_ends_the_stream_and_saves_the_chat(
     assert server.process.wait(10) == 0, server.log()
     # No tool process outlives its worker: the busy one is killed, the idle ones see EOF.
     assert wait_until(lambda: not any(running(pid) for pid in sleeping)), sleeping
-    assert user_is_free(tmp_path / "locks", user)
+    assert user_is_free(FileCoordinator(tmp_path / "locks"), user)
 
     again = launch(env, token)
     contents = get_chat(again.url, token, chat_id)

@@ -9,8 +9,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -28,118 +26,27 @@ from chatsite.tools import (
 from chatsite.tools.builtin import BUILTIN_TOOLS, calculate, search_chats
 from chatsite.tools.calculator import CalculationError
 from chatsite.tools.processes import shared_pool
-from tests.servers import wait_until
+from tests.helpers import app_create_chat, messages, new_user, site_of
+from tests.servers import ROOT, wait_until
+from tests.tool_examples import (
+    boom,
+    describe,
+    die,
+    echo,
+    huge,
+    kitchen_sink,
+    no_context,
+    refuse,
+    slow,
+)
 
-HERE = "tests.test_tools"
+HERE = "tests.tool_examples"
 PINNED = datetime.datetime(2024, 2, 29, 23, 30, 15, 123456, tzinfo=datetime.UTC)
-
-
-# Tools for the tests, importable as "tests.test_tools:<name>".
-
-
-def echo(context: ToolContext, text: str, times: int = 1) -> str:
-    """Repeat some text.
-
-    Args:
-        text: What to repeat.
-        times: How many times.
-    """
-    return text * times
-
-
-def describe(
-    context: ToolContext,
-    ratio: float,
-    tags: list[str] | None = None,
-    mode: Literal["fast", "slow"] = "fast",
-    note: str | None = None,
-) -> dict:
-    """Report the arguments received, with their Python types."""
-    return {
-        "ratio": [type(ratio).__name__, ratio],
-        "tags": tags,
-        "mode": mode,
-        "note": note,
-    }
-
-
-def slow(context: ToolContext) -> str:
-    """Take two seconds (the tests give it less: its process is killed)."""
-    time.sleep(2)
-    return "done"
-
-
-def boom(context: ToolContext) -> str:
-    """Always fail."""
-    raise RuntimeError("boom")
-
-
-def refuse(context: ToolContext, reason: str) -> str:
-    """Fail with the model's own words.
-
-    Args:
-        reason: Why.
-    """
-    raise ValueError(reason)
-
-
-def die(context: ToolContext) -> str:
-    """End the tool process at once, as a crashing native library would."""
-    os._exit(3)
-
-
-def huge(context: ToolContext) -> str:
-    """Return far more text than a tool message may hold."""
-    return "x" * 50_000
-
-
-def no_context(text: str) -> str:
-    """Lacks the context parameter."""
-    return text
-
-
-NOT_CALLABLE = 42
-
-
-def kitchen_sink(
-    context: ToolContext,
-    name: str,
-    count: int,
-    ratio: float,
-    flag: bool,
-    tags: list[str],
-    mode: Literal["fast", "slow"],
-    level: Literal[1, 2, 3],
-    note: str | None,
-    limit: int | None = None,
-    scale: float = 1.0,
-) -> str:
-    """Exercise every supported annotation,
-    with a first paragraph over two lines.
-
-    This paragraph is for developers only.
-
-    Args:
-        name: The name,
-            continued on a second line.
-        count (int): How many.
-        ratio: A fraction.
-        flag: Whether to.
-        tags: Labels.
-        mode: How fast.
-        level: How much.
-        note: An optional remark.
-        limit: An optional cap.
-
-    Returns:
-        Nothing useful.
-    """
-    return ""
 
 
 @pytest.fixture
 def context():
-    return ToolContext(user_id=str(uuid.uuid4()), transcripts=None, now=lambda: PINNED)
+    return ToolContext(user_id=new_user(), transcripts=None, now=lambda: PINNED)
 
 
 @pytest.fixture
@@ -472,34 +379,24 @@ GEVENT_SCRIPT = textwrap.dedent(
     monkey.patch_all()
 
     import json, os, sys, uuid
+    from pathlib import Path
     import gevent
-    from chatsite import create_app
     from chatsite.storage.database import db
-    from chatsite.storage.tables import create_tables
     from chatsite.storage.tables import Chat, User
     from chatsite.tools import ToolContext, ToolRegistry
     from chatsite.tools.builtin import search_chats
     from chatsite.tools.processes import shared_pool
     from chatsite.greenlets import gevent_active
-    from tests import test_tools as t
+    from tests import tool_examples as t
+    from tests.helpers import build_app, new_user, site_of
 
-    folder = sys.argv[1]
-    app = create_app(
-        {
-            "TESTING": True,
-            "JWT_SECRET": "s" * 40,
-            "DATABASE_URL": f"sqlite:///{folder}/chatsite.db",
-            "CHAT_DIR": f"{folder}/chats",
-            "CHAT_INSTANCES": [],
-        },
-        instance_path=f"{folder}/instance",
-    )
-    create_tables()
-    user, chat_id = str(uuid.uuid4()), str(uuid.uuid4())
+    folder = Path(sys.argv[1])
+    app = build_app(folder, f"sqlite:///{folder}/chatsite.db")
+    user, chat_id = new_user(), str(uuid.uuid4())
     with db.connection_context():
         User.create(uuid=user)
         Chat.create(id=chat_id, owner=user, name="New chat")
-    chats = app.extensions["chatsite"].transcripts
+    chats = site_of(app).transcripts
     chats.create(user, chat_id, [{"role": "user", "content": "gevent banana"}])
 
     ticks = []
@@ -538,11 +435,10 @@ GEVENT_SCRIPT = textwrap.dedent(
 
 def test_tools_under_gevent_monkey_patching(tmp_path):
     """As in a gunicorn gevent worker: tool processes, other greenlets keep running."""
-    root = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSITE_")}
     done = subprocess.run(
         [sys.executable, "-c", GEVENT_SCRIPT, str(tmp_path)],
-        cwd=root,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -719,33 +615,25 @@ def app(request, make_app):
     return make_app(CHAT_STORE=request.param)
 
 
-def new_chat(app, post, token_for, user, messages):
-    """Create a chat through the endpoint, then store its messages."""
-    response = post("/create-chat", {"token": token_for(user)})
-    assert response.status_code == 200, response.json
-    chat_id = response.json["chatId"]
+def new_chat(app, post, token_for, user, *texts):
+    """Create a chat through the endpoint, then store its conversation of `texts`."""
+    chat_id = app_create_chat(post, token_for(user))
     with db.connection_context():
-        app.extensions["chatsite"].transcripts.write(user, chat_id, messages)
+        site_of(app).transcripts.write(user, chat_id, messages(*texts))
     return chat_id
 
 
-def chat(*texts):
-    roles = ["user", "assistant"]
-    return [{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)]
-
-
 def search(app, user, arguments):
-    context = ToolContext(user_id=user, transcripts=app.extensions["chatsite"].transcripts)
-    return app.extensions["chatsite"].tools.run("search_chats", arguments, context, timeout=5)
+    context = ToolContext(user_id=user, transcripts=site_of(app).transcripts)
+    return site_of(app).tools.run("search_chats", arguments, context, timeout=5)
 
 
 def test_search_never_returns_another_users_chats(app, post, token_for):
-    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    alice, bob = new_user(), new_user()
     alice_chats = {
-        new_chat(app, post, token_for, alice, chat(f"alice secret {i}: banana bread"))
-        for i in range(3)
+        new_chat(app, post, token_for, alice, f"alice secret {i}: banana bread") for i in range(3)
     }
-    bob_chat = new_chat(app, post, token_for, bob, chat("what rhymes with banana?", "bandana"))
+    bob_chat = new_chat(app, post, token_for, bob, "what rhymes with banana?", "bandana")
     result = search(app, bob, {"query": "banana", "limit": 20})
     assert result.ok, result.content
     matches = json.loads(result.content)
@@ -765,8 +653,8 @@ def test_search_never_returns_another_users_chats(app, post, token_for):
 
 
 def test_search_newest_first_with_limit_and_any_case(app, post, token_for, user):
-    ids = [new_chat(app, post, token_for, user, chat(f"Kiwi number {i}")) for i in range(3)]
-    new_chat(app, post, token_for, user, chat("nothing here"))
+    ids = [new_chat(app, post, token_for, user, f"Kiwi number {i}") for i in range(3)]
+    new_chat(app, post, token_for, user, "nothing here")
     result = search(app, user, {"query": "KIWI", "limit": 2})
     matches = json.loads(result.content)
     assert [m["chat_id"] for m in matches] == [ids[2], ids[1]]
@@ -775,7 +663,7 @@ def test_search_newest_first_with_limit_and_any_case(app, post, token_for, user)
 
 def test_search_excerpt_and_roles(app, post, token_for, user):
     long_text = "a" * 500 + " the needle is here " + "b" * 500
-    chat_id = new_chat(app, post, token_for, user, chat("hello", long_text))
+    chat_id = new_chat(app, post, token_for, user, "hello", long_text)
     (match,) = json.loads(search(app, user, {"query": "needle"}).content)
     assert match["chat_id"] == chat_id
     assert match["role"] == "assistant"
@@ -786,18 +674,18 @@ def test_search_excerpt_and_roles(app, post, token_for, user):
 
 
 def test_search_skips_chats_without_contents(app, post, token_for, user):
-    kept = new_chat(app, post, token_for, user, chat("plum jam"))
-    lost = new_chat(app, post, token_for, user, chat("plum pie"))
+    kept = new_chat(app, post, token_for, user, "plum jam")
+    lost = new_chat(app, post, token_for, user, "plum pie")
     with db.connection_context():
-        app.extensions["chatsite"].transcripts.delete(user, lost)
+        site_of(app).transcripts.delete(user, lost)
     result = search(app, user, {"query": "plum"})
     assert result.ok
     assert [m["chat_id"] for m in json.loads(result.content)] == [kept]
 
 
 def test_search_keeps_an_open_connection_open(app, post, token_for, user):
-    new_chat(app, post, token_for, user, chat("fig"))
-    context = ToolContext(user_id=user, transcripts=app.extensions["chatsite"].transcripts)
+    new_chat(app, post, token_for, user, "fig")
+    context = ToolContext(user_id=user, transcripts=site_of(app).transcripts)
     db.connect()
     try:
         assert json.loads(search_chats(context, "fig"))[0]["excerpt"] == "fig"
