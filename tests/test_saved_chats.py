@@ -11,12 +11,16 @@ from chatsite.tools import ToolContext
 from tests.test_streaming import chat_body, create_chat, get_chat, stream
 
 STOPPED = "[stopped: the reply reached its length limit]"
-ARMED = {}  # the dev instance that `fail_next_answer` makes fail
 
 
-def fail_next_answer(context: ToolContext) -> str:
-    """Make the chat instance fail its next answer (a tool for the tests)."""
-    ARMED["instance"].fail_next(500, 1)
+def fail_next_answer(context: ToolContext, url: str) -> str:
+    """Make the dev chat instance at `url` fail its next answer (a tool for the tests; it
+    runs in a tool process, so it asks over HTTP).
+
+    Args:
+        url: The dev instance's base URL.
+    """
+    requests.post(f"{url}/dev/fail", json={"status": 500, "count": 1}, timeout=5).raise_for_status()
     return "armed"
 
 
@@ -101,11 +105,10 @@ def test_a_tool_round_that_would_overfill_the_chat_is_not_run(make_live, token_f
 
 
 def test_a_reply_cut_after_a_tool_round_saves_each_text_once(make_live, token_for, upstream):
-    ARMED["instance"] = upstream
     live = make_live(TOOLS=["tests.test_saved_chats:fail_next_answer"])
     token = token_for()
     chat_id = create_chat(live.url, token)
-    ask = 'say "Let me see." call fail_next_answer'
+    ask = f'say "Let me see." call fail_next_answer {{"url": "{upstream.url}"}}'
     body = {"token": token, "model": "tooler", "messages": [{"role": "user", "content": ask}]}
     _, lines = stream(live.url, "/chat", {**body, "chatfile": chat_id})
     assert lines[-1]["status"] == "error" and lines[-1]["done"] is True
