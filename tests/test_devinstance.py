@@ -326,15 +326,15 @@ def test_keep_alive_and_chunk_framing(dev):
 
 
 def test_thinker_thinks_before_it_answers_unless_told_not_to(dev):
-    lines = chat(dev, "thinker", ask("hm"))
+    lines = chat(dev, "thinker", messages("hm"))
     thinking = [line["message"].get("thinking", "") for line in lines if "message" in line]
     assert "".join(thinking) == "The user wrote 'hm'; I will echo it. "
     first_text = next(i for i, line in enumerate(lines) if line["message"]["content"])
     assert all(not t for t in thinking[first_text:])
     assert chat_text(lines) == "You said: hm"
-    lines = chat(dev, "thinker", ask("hm"), think=False)
+    lines = chat(dev, "thinker", messages("hm"), think=False)
     assert not any(line["message"].get("thinking") for line in lines)
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": ask("x"), "think": True})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x"), "think": True})
     assert resp.status_code == 400
     assert resp.json() == {
         "error": '"registry.ollama.ai/library/echo:latest" does not support thinking'
@@ -346,15 +346,15 @@ def test_misbehave_endpoint(dev):
     assert requests.get(dev.url + "/api/tags", timeout=5).json() == [1, 2, 3]
     assert send(dev, "/api/show", {"model": "echo"}).json() == "x"
     assert send(dev, "/dev/misbehave", {"skip_done": True}).status_code == 200
-    assert not any(line.get("done") for line in chat(dev, "echo", ask("x")))
+    assert not any(line.get("done") for line in chat(dev, "echo", messages("x")))
     assert requests.get(dev.url + "/api/tags", timeout=5).json()["models"]  # replaced
     for bad in ({"nonsense": 1}, {"linger": -1}, {"linger": "x"}, {"skip_done": 1}):
         assert send(dev, "/dev/misbehave", bad).status_code == 400
     send(dev, "/dev/reset", {})
-    assert chat(dev, "echo", ask("x"))[-1]["done"] is True
+    assert chat(dev, "echo", messages("x"))[-1]["done"] is True
 
 
 def test_fail_injection_with_an_error_text(dev):
     send(dev, "/dev/fail", {"status": 500, "count": 1, "error": "disk on fire"})
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": ask("x")})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x")})
     assert (resp.status_code, resp.json()) == (500, {"error": "disk on fire"})

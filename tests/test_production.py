@@ -10,7 +10,6 @@ from $PATH or /usr/sbin. A test whose service is missing is skipped, or fails wh
 CHATSITE_TEST_REQUIRE_SERVICES=1 (CI).
 """
 
-import gc
 import json
 import os
 import re
@@ -18,9 +17,7 @@ import signal
 import threading
 import time
 import uuid
-from pathlib import Path
 
-import pytest
 import requests
 from playhouse.db_url import connect as connect_url
 
@@ -28,91 +25,26 @@ from chatsite.coordination import FileCoordinator
 from chatsite.dev.ports import free_port
 from tests.helpers import (
     NO_INSTANCE,
-    TEST_SECRET,
     TIMEOUT,
     Stream,
-    build_app,
     create_chat,
     echo_body,
     get_chat,
+    init_db,
     new_user,
     pg_url,
+    site_env,
     slow_body,
     stream,
     upstream_bodies,
     user_is_free,
 )
-from tests.servers import ROOT, Gunicorn, Nginx, need_service, nginx_binary, wait_until
+from tests.servers import ROOT, Nginx, need_service, nginx_binary, wait_until
 
 BUSY = "a request from this user is already being processed"
 # The strings of deploy/nginx.conf that the nginx test replaces (documented in that file).
 NGINX_UPSTREAM = "server 127.0.0.1:8000;"
 NGINX_LISTEN = "listen 80;"
-
-
-# --- set-up -------------------------------------------------------------------------------
-
-
-def init_db(url: str, folder: Path) -> None:
-    """Create the tables, as `flask --app chatsite init-db` does, in this process."""
-    build_app(folder, url)
-
-
-def site_env(folder: Path, instances: list, database_url: str | None = None, init=True, **config):
-    """The CHATSITE_* variables of one host whose files live in `folder`.
-
-    SQLite in `folder` unless `database_url` is given; the tables are created unless `init`
-    is false. Extra settings are given by name (`INSTANCE_WAIT_TIMEOUT=1`): strings as they
-    are (gunicorn.conf.py reads some raw), anything else as JSON, which `from_prefixed_env`
-    parses.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    url = database_url or f"sqlite:///{folder / 'chatsite.db'}"
-    if init:
-        init_db(url, folder)
-    env = {
-        "CHATSITE_JWT_SECRET": TEST_SECRET,
-        "CHATSITE_DATABASE_URL": url,
-        "CHATSITE_CHAT_DIR": str(folder / "chats"),
-        "CHATSITE_LOCK_DIR": str(folder / "locks"),
-        "CHATSITE_CHAT_INSTANCES": json.dumps(instances),
-        "CHATSITE_INSTANCE_WAIT_TIMEOUT": "2",
-        # Read by gunicorn.conf.py: a server stopped with streams still open stops quickly.
-        "CHATSITE_GRACEFUL_TIMEOUT": "5",
-    }
-    env.update(
-        {
-            f"CHATSITE_{name}": value if isinstance(value, str) else json.dumps(value)
-            for name, value in config.items()
-        }
-    )
-    return env
-
-
-@pytest.fixture
-def launch(upstream):
-    """Start gunicorn servers for this test; every one is stopped when it ends.
-
-    Depends on `upstream` so that the servers stop before that fixture checks that every
-    upstream stream has ended.
-    """
-    servers: list[Gunicorn] = []
-
-    def start(env: dict, token: str | None, workers: int = 1) -> Gunicorn:
-        server = Gunicorn(env, workers=workers)
-        servers.append(server)
-        return server.start(token)
-
-    yield start
-    # Responses caught in reference cycles keep their keep-alive connections open, and a
-    # gunicorn worker waits for its idle connections (up to `keepalive`) before it exits.
-    gc.collect()
-    # SIGTERM to all at once: each takes a moment to drain, so stop them side by side.
-    for server in servers:
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM)
-    for server in servers:
-        server.__exit__(None, None, None)
 
 
 # --- requests -----------------------------------------------------------------------------
