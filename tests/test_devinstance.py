@@ -5,7 +5,6 @@
 
 import json
 import socket
-import time
 
 import pytest
 import requests
@@ -231,9 +230,17 @@ def test_stream_false_returns_one_object(dev):
 
 
 def test_token_delay_option(dev):
-    started = time.monotonic()
-    chat(dev, "echo", messages("a b"), options={"dev_token_delay": 0.05})
-    assert time.monotonic() - started >= 0.2  # four tokens
+    body = {"model": "echo", "messages": messages("a b"), "options": {"dev_token_delay": 0.05}}
+    with send(dev, "/api/chat", body, stream=True) as resp:
+        lines = ndjson(resp.iter_lines())
+        first = next(lines)
+        # Without a delay echo sends its four tokens at once; with one, three are still to come.
+        stats = dev.stats()
+        assert stats["active_streams"] == 1 and stats["completed_streams"] == 0
+        rest = list(lines)
+    assert chat_text([first, *rest]) == "You said: a b"
+    assert len(rest) == 4 and rest[-1]["done"] is True
+    assert wait_until(lambda: dev.stats()["completed_streams"] == 1)
 
 
 def test_client_disconnect_is_detected(dev):
@@ -245,13 +252,13 @@ def test_client_disconnect_is_detected(dev):
     resp = send(dev, "/api/chat", body, stream=True)
     assert json.loads(next(resp.iter_lines()))["done"] is False
     resp.close()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def gone():
         stats = dev.stats()
-        if stats["disconnected_streams"] == 1 and stats["active_streams"] == 0:
-            break
-        time.sleep(0.05)
-    assert stats["disconnected_streams"] == 1 and stats["active_streams"] == 0
+        return stats["disconnected_streams"] == 1 and stats["active_streams"] == 0
+
+    assert wait_until(gone)
+    stats = dev.stats()
     assert stats["completed_streams"] == 0
     assert requests.get(dev.url + "/dev/stats", timeout=5).json() == dev.stats()
 

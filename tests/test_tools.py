@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from typing import Literal
 
 import pytest
@@ -28,6 +27,7 @@ from tests.helpers import app_create_chat, messages, new_user, site_of
 from tests.servers import ROOT
 from tests.tool_examples import (
     RELEASE_SLOW,
+    SLOW_FINISHED,
     boom,
     describe,
     echo,
@@ -55,6 +55,7 @@ def registry():
 def release_slow():
     """Let a timed-out `slow` thread finish as soon as the test is done with it."""
     RELEASE_SLOW.clear()
+    SLOW_FINISHED.clear()
     yield
     RELEASE_SLOW.set()
 
@@ -330,11 +331,11 @@ def test_failing_tool(registry, context, caplog):
 
 
 def test_slow_tool_times_out(registry, context, release_slow):
-    started = time.monotonic()
     result = registry.run("slow", {}, context, timeout=0.2)
-    elapsed = time.monotonic() - started
     assert result == ToolResult(name="slow", content="error: tool timed out after 0.2 s", ok=False)
-    assert elapsed < 1
+    assert not SLOW_FINISHED.is_set()  # the run gave up on the tool instead of waiting for it
+    RELEASE_SLOW.set()
+    assert SLOW_FINISHED.wait(10)  # and the tool's thread, let go, finishes on its own
 
 
 def test_long_results_are_truncated(registry, context):
@@ -351,7 +352,7 @@ GEVENT_SCRIPT = textwrap.dedent(
 
     monkey.patch_all()
 
-    import json, sys, time, uuid
+    import json, sys, uuid
     from pathlib import Path
     import gevent
     from chatsite.storage.database import db
@@ -381,17 +382,16 @@ GEVENT_SCRIPT = textwrap.dedent(
     registry = ToolRegistry([t.slow, t.echo, search_chats])
     context = ToolContext(user_id=user, transcripts=chats)
     background = gevent.spawn(ticker)
-    started = time.monotonic()
     slow = registry.run("slow", {}, context, timeout=0.2)
-    elapsed = time.monotonic() - started
+    slow_finished, ticks_while_waiting = t.SLOW_FINISHED.is_set(), len(ticks)
     echo = registry.run("echo", {"text": "hi", "times": 2}, context, timeout=2)
     found = registry.run("search_chats", {"query": "banana"}, context, timeout=5)
     background.kill()
     print(json.dumps({
         "patched": gevent_active(),
         "slow": slow.content,
-        "elapsed": elapsed,
-        "ticks": len(ticks),
+        "slow_finished": slow_finished,
+        "ticks": ticks_while_waiting,
         "echo": echo.content,
         "found": found.content,
         "chat_id": chat_id,
@@ -416,8 +416,8 @@ def test_tools_under_gevent_monkey_patching(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["patched"] is True
     assert report["slow"] == "error: tool timed out after 0.2 s"
-    assert report["elapsed"] < 1
-    assert report["ticks"] >= 5  # the waiting request did not block the other greenlets
+    assert report["slow_finished"] is False  # the run gave up on the tool, not waited for it
+    assert report["ticks"] >= 2  # the other greenlets kept running while the request waited
     assert report["echo"] == "hihi"
     (match,) = json.loads(report["found"])
     assert match["chat_id"] == report["chat_id"]
@@ -563,12 +563,10 @@ def test_calculate_refuses_quickly(builtins, context, expression, message):
     result = builtins.run("calculate", {"expression": expression}, context, timeout=2)
     assert not result.ok
     assert result.content.startswith("error: tool failed: CalculationError: ")
-    assert message in result.content
-    started = time.perf_counter()
-    with pytest.raises(CalculationError):
+    assert message in result.content  # refused, not timed out: the bound comes first
+    with pytest.raises(CalculationError) as refused:
         calculate(context, expression)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 0.05, f"{expression!r} took {elapsed:.3f} s"
+    assert message in str(refused.value)
 
 
 # search_chats

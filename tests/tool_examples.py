@@ -10,6 +10,7 @@ from typing import Literal
 from chatsite.tools import ToolContext
 
 RELEASE_SLOW = threading.Event()  # set by a test to let a timed-out `slow` finish at once
+SLOW_FINISHED = threading.Event()  # set when `slow` returns: a test sees if it was waited for
 
 
 def slow_tool(context: ToolContext, seconds: float = 2.0) -> str:
@@ -56,6 +57,7 @@ def describe(
 def slow(context: ToolContext) -> str:
     """Take two seconds, unless the test lets it go sooner."""
     RELEASE_SLOW.wait(2)
+    SLOW_FINISHED.set()
     return "done"
 
 
