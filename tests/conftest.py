@@ -3,7 +3,9 @@
 The plain helpers they use (and the tests too) are in tests/helpers.py.
 """
 
+import gc
 import os
+import signal
 import uuid
 
 import pytest
@@ -12,7 +14,7 @@ from playhouse.db_url import connect as connect_url
 
 from chatsite.dev.instance import DevInstance
 from tests.helpers import build_app, new_user, pg_url, sign_token
-from tests.servers import ThreadedServer, need_service, wait_until
+from tests.servers import Gunicorn, ThreadedServer, need_service, wait_until
 
 PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
@@ -164,3 +166,29 @@ def make_live(make_app, upstream):
 @pytest.fixture
 def live(make_live):
     return make_live()
+
+
+@pytest.fixture
+def launch(upstream):
+    """Start gunicorn servers for this test; every one is stopped when it ends.
+
+    Depends on `upstream` so that the servers stop before that fixture checks that every
+    upstream stream has ended.
+    """
+    servers: list[Gunicorn] = []
+
+    def start(env: dict, token: str | None, workers: int = 1) -> Gunicorn:
+        server = Gunicorn(env, workers=workers)
+        servers.append(server)
+        return server.start(token)
+
+    yield start
+    # Responses caught in reference cycles keep their keep-alive connections open, and a
+    # gunicorn worker waits for its idle connections (up to `keepalive`) before it exits.
+    gc.collect()
+    # SIGTERM to all at once: each takes a moment to drain, so stop them side by side.
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+    for server in servers:
+        server.__exit__(None, None, None)

@@ -132,9 +132,11 @@ def ndjson(lines: Iterable[bytes | str]) -> Iterator[dict]:
     return (json.loads(line) for line in lines if line)
 
 
-def stream(url: str, path: str, body: dict) -> tuple[requests.Response, list[dict] | None]:
+def stream(
+    url: str, path: str, body: dict, timeout: float = TIMEOUT
+) -> tuple[requests.Response, list[dict] | None]:
     """POST to a streamed endpoint and read it all: (response, lines), or None for JSON."""
-    response = requests.post(f"{url}{path}", json=body, stream=True, timeout=TIMEOUT)
+    response = requests.post(f"{url}{path}", json=body, stream=True, timeout=timeout)
     if response.headers.get("Content-Type") != NDJSON:
         return response, None
     return response, list(ndjson(response.iter_lines()))
@@ -202,3 +204,42 @@ def user_is_free(coordinator: Coordinator, user: str) -> bool:
 def upstream_bodies(instance: DevInstance, path: str = "/api/chat") -> list[dict]:
     """The bodies of the requests a dev instance received on `path`, oldest first."""
     return [record["body"] for record in instance.requests() if record["path"] == path]
+
+
+# --- production-like servers --------------------------------------------------------------
+
+
+def init_db(url: str, folder: Path) -> None:
+    """Create the tables, as `flask --app chatsite init-db` does, in this process."""
+    build_app(folder, url)
+
+
+def site_env(folder: Path, instances: list, database_url: str | None = None, init=True, **config):
+    """The CHATSITE_* variables of one host whose files live in `folder`.
+
+    SQLite in `folder` unless `database_url` is given; the tables are created unless `init`
+    is false. Extra settings are given by name (`INSTANCE_WAIT_TIMEOUT=1`): strings as they
+    are (gunicorn.conf.py reads some raw), anything else as JSON, which `from_prefixed_env`
+    parses.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    url = database_url or f"sqlite:///{folder / 'chatsite.db'}"
+    if init:
+        init_db(url, folder)
+    env = {
+        "CHATSITE_JWT_SECRET": TEST_SECRET,
+        "CHATSITE_DATABASE_URL": url,
+        "CHATSITE_CHAT_DIR": str(folder / "chats"),
+        "CHATSITE_LOCK_DIR": str(folder / "locks"),
+        "CHATSITE_CHAT_INSTANCES": json.dumps(instances),
+        "CHATSITE_INSTANCE_WAIT_TIMEOUT": "2",
+        # Read by gunicorn.conf.py: a server stopped with streams still open stops quickly.
+        "CHATSITE_GRACEFUL_TIMEOUT": "5",
+    }
+    env.update(
+        {
+            f"CHATSITE_{name}": value if isinstance(value, str) else json.dumps(value)
+            for name, value in config.items()
+        }
+    )
+    return env

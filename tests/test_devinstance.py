@@ -5,7 +5,6 @@
 
 import json
 import socket
-import time
 
 import pytest
 import requests
@@ -231,9 +230,17 @@ def test_stream_false_returns_one_object(dev):
 
 
 def test_token_delay_option(dev):
-    started = time.monotonic()
-    chat(dev, "echo", messages("a b"), options={"dev_token_delay": 0.05})
-    assert time.monotonic() - started >= 0.2  # four tokens
+    body = {"model": "echo", "messages": messages("a b"), "options": {"dev_token_delay": 0.05}}
+    with send(dev, "/api/chat", body, stream=True) as resp:
+        lines = ndjson(resp.iter_lines())
+        first = next(lines)
+        # Without a delay echo sends its four tokens at once; with one, three are still to come.
+        stats = dev.stats()
+        assert stats["active_streams"] == 1 and stats["completed_streams"] == 0
+        rest = list(lines)
+    assert chat_text([first, *rest]) == "You said: a b"
+    assert len(rest) == 4 and rest[-1]["done"] is True
+    assert wait_until(lambda: dev.stats()["completed_streams"] == 1)
 
 
 def test_client_disconnect_is_detected(dev):
@@ -245,13 +252,13 @@ def test_client_disconnect_is_detected(dev):
     resp = send(dev, "/api/chat", body, stream=True)
     assert json.loads(next(resp.iter_lines()))["done"] is False
     resp.close()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def gone():
         stats = dev.stats()
-        if stats["disconnected_streams"] == 1 and stats["active_streams"] == 0:
-            break
-        time.sleep(0.05)
-    assert stats["disconnected_streams"] == 1 and stats["active_streams"] == 0
+        return stats["disconnected_streams"] == 1 and stats["active_streams"] == 0
+
+    assert wait_until(gone)
+    stats = dev.stats()
     assert stats["completed_streams"] == 0
     assert requests.get(dev.url + "/dev/stats", timeout=5).json() == dev.stats()
 
@@ -326,15 +333,15 @@ def test_keep_alive_and_chunk_framing(dev):
 
 
 def test_thinker_thinks_before_it_answers_unless_told_not_to(dev):
-    lines = chat(dev, "thinker", ask("hm"))
+    lines = chat(dev, "thinker", messages("hm"))
     thinking = [line["message"].get("thinking", "") for line in lines if "message" in line]
     assert "".join(thinking) == "The user wrote 'hm'; I will echo it. "
     first_text = next(i for i, line in enumerate(lines) if line["message"]["content"])
     assert all(not t for t in thinking[first_text:])
     assert chat_text(lines) == "You said: hm"
-    lines = chat(dev, "thinker", ask("hm"), think=False)
+    lines = chat(dev, "thinker", messages("hm"), think=False)
     assert not any(line["message"].get("thinking") for line in lines)
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": ask("x"), "think": True})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x"), "think": True})
     assert resp.status_code == 400
     assert resp.json() == {
         "error": '"registry.ollama.ai/library/echo:latest" does not support thinking'
@@ -346,15 +353,15 @@ def test_misbehave_endpoint(dev):
     assert requests.get(dev.url + "/api/tags", timeout=5).json() == [1, 2, 3]
     assert send(dev, "/api/show", {"model": "echo"}).json() == "x"
     assert send(dev, "/dev/misbehave", {"skip_done": True}).status_code == 200
-    assert not any(line.get("done") for line in chat(dev, "echo", ask("x")))
+    assert not any(line.get("done") for line in chat(dev, "echo", messages("x")))
     assert requests.get(dev.url + "/api/tags", timeout=5).json()["models"]  # replaced
     for bad in ({"nonsense": 1}, {"linger": -1}, {"linger": "x"}, {"skip_done": 1}):
         assert send(dev, "/dev/misbehave", bad).status_code == 400
     send(dev, "/dev/reset", {})
-    assert chat(dev, "echo", ask("x"))[-1]["done"] is True
+    assert chat(dev, "echo", messages("x"))[-1]["done"] is True
 
 
 def test_fail_injection_with_an_error_text(dev):
     send(dev, "/dev/fail", {"status": 500, "count": 1, "error": "disk on fire"})
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": ask("x")})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x")})
     assert (resp.status_code, resp.json()) == (500, {"error": "disk on fire"})

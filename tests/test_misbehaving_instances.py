@@ -7,8 +7,8 @@ import pytest
 import requests
 
 from chatsite.dev.instance import MODELS, DevInstance
+from tests.helpers import chat_body, create_chat, get_chat, site_of, stream, user_is_free
 from tests.servers import wait_until
-from tests.test_streaming import chat_body, create_chat, get_chat, stream, user_is_free
 
 KNOWN_CAPABILITIES = {"completion", "tools", "insert", "vision", "thinking", "embedding"}
 LEAK = "open /usr/share/ollama/.ollama/models/blobs/sha256-1f: permission denied (CUDA0 1.2 GiB)"
@@ -132,7 +132,7 @@ def test_an_answer_is_complete_at_its_done_line(make_live, token_for, upstream, 
     assert lines[-1] == ECHOED
     saved = get_chat(live.url, token, chat_id)[-1]
     assert saved["content"] == "You said: hello there" and "incomplete" not in saved
-    assert user_is_free(live, user)
+    assert user_is_free(site_of(live.app).coordinator, user)
     # the connection is not kept waiting for the rest: it is closed
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
 

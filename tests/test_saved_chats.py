@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from chatsite.tools import ToolContext
-from tests.test_streaming import chat_body, create_chat, get_chat, stream
+from tests.helpers import chat_body, create_chat, get_chat, stream
 
 STOPPED = "[stopped: the reply reached its length limit]"
 

@@ -2,7 +2,6 @@
 
 import os
 import threading
-import time
 
 import pytest
 import requests
@@ -373,14 +372,18 @@ def test_nothing_leaks_after_many_streams(live, token_for, upstream):
 
     def post_when_free(token, model):
         """A client that just hung up may still hold its lock for a moment: 429, retry."""
-        for _ in range(100):
+
+        def attempt():
             body = chat_body(token, model=model)
             response = requests.post(f"{live.url}/chat", json=body, stream=True, timeout=10)
             if response.status_code != 429:
-                return response
+                return [response]  # a list: a Response itself is falsy unless ok
             response.close()
-            time.sleep(0.02)
-        raise AssertionError("user stayed locked")
+            return None
+
+        answered = wait_until(attempt, timeout=10)
+        assert answered, "user stayed locked"
+        return answered[0]
 
     def run(token, count):
         try:

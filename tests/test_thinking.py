@@ -6,9 +6,8 @@ import json
 import requests
 
 from chatsite.dev.instance import thinking_for
+from tests.helpers import chat_body, create_chat, get_chat, site_env, stream
 from tests.servers import wait_until
-from tests.test_production import launch, site_env  # noqa: F401 (fixtures)
-from tests.test_streaming import chat_body, create_chat, get_chat, stream
 
 ECHOED = {"status": "ok", "msg": "", "fullMsg": "You said: hello there", "done": True}
 THOUGHT = thinking_for([{"role": "user", "content": "hello there"}])
@@ -79,7 +78,7 @@ def test_thinking_is_saved_and_sent_back(live, token_for, upstream):
     }
 
 
-def test_a_client_leaving_while_the_model_thinks_stops_it(launch, upstream, token_for, tmp_path):  # noqa: F811
+def test_a_client_leaving_while_the_model_thinks_stops_it(launch, upstream, token_for, tmp_path):
     token = token_for()
     server = launch(site_env(tmp_path, [upstream.url]), token)
     slow = {"dev_token_delay": 0.05, "dev_repeat": 200}  # minutes of thinking
