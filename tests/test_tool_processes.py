@@ -12,12 +12,8 @@ from pathlib import Path
 import requests
 
 from chatsite.coordination import FileCoordinator
-from tests import test_production as production
-from tests.helpers import Stream, chat_body, create_chat, get_chat, user_is_free
+from tests.helpers import Stream, chat_body, create_chat, get_chat, site_env, user_is_free
 from tests.servers import wait_until
-from tests.test_production import site_env
-
-launch = production.launch  # the fixture that starts gunicorn servers for a test
 
 
 def tool_processes(worker: int) -> list[int]:
