@@ -23,6 +23,10 @@ MAX_MESSAGE_CHARS = 100_000
 MAX_PROMPT_CHARS = 200_000
 MAX_CHATS_PER_USER = 10_000
 
+# Model options: sampling settings only (chatsite/api/options.py); every answer is bounded.
+MAX_NUM_PREDICT = 4096  # num_predict's upper bound, and what is sent when a client gives none
+ALLOWED_OPTIONS = None  # more options: {"name": [min, max] or None for any value}
+
 # Chat instances (the upstream LLM servers).
 CHAT_INSTANCES = ["http://127.0.0.1:11434"]
 INSTANCE_WAIT_TIMEOUT = 10.0

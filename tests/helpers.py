@@ -19,11 +19,13 @@ from flask import Flask
 
 from chatsite import create_app
 from chatsite.coordination import Coordinator
-from chatsite.dev.instance import DevInstance
+from chatsite.dev.instance import KNOBS, DevInstance
 from chatsite.site import Site
 from chatsite.storage.tables import create_tables
 
 TEST_SECRET = "test-secret-" + "s" * 40
+# The development chat instance's knobs for long streams, allowed as an operator would.
+DEV_OPTIONS = KNOBS
 TIMEOUT = 10  # seconds: a test talking to a local server never waits longer for an answer
 NDJSON = "application/x-ndjson"
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available"}
@@ -44,6 +46,7 @@ def build_app(folder: Path, database_url: str, *, tables: bool = True, **config:
         "CHAT_DIR": str(folder / "chats"),
         "LOCK_DIR": str(folder / "locks"),
         "CHAT_INSTANCES": [],
+        "ALLOWED_OPTIONS": DEV_OPTIONS,
         **config,
     }
     app = create_app(settings, instance_path=str(folder / "instance"))
@@ -235,6 +238,7 @@ def site_env(folder: Path, instances: list, database_url: str | None = None, ini
         "CHATSITE_INSTANCE_WAIT_TIMEOUT": "2",
         # Read by gunicorn.conf.py: a server stopped with streams still open stops quickly.
         "CHATSITE_GRACEFUL_TIMEOUT": "5",
+        "CHATSITE_ALLOWED_OPTIONS": json.dumps(DEV_OPTIONS),
     }
     env.update(
         {

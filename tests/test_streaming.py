@@ -65,7 +65,7 @@ def test_defaults_come_from_settings(live, token_for, upstream):
     sent = upstream_bodies(upstream)[-1]
     assert sent["model"] == "echo:latest"
     assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
-    assert sent["options"] == {"seed": 7, "temperature": 0}
+    assert sent["options"] == {"seed": 7, "temperature": 0, "num_predict": 4096}
     # The request's own system prompt wins over the saved one.
     _, lines = stream(live.url, "/chat", chat_body(token, system="Be terse."))
     assert lines[-1]["fullMsg"].startswith("[Be terse.]")

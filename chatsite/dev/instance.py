@@ -35,6 +35,9 @@ MAX_BODY = 8 * 1024 * 1024  # larger request bodies get 413
 MAX_DRAIN = 64 * 1024 * 1024  # oversized bodies up to this are read and dropped so the 413 arrives
 MAX_TOKEN_DELAY = 5.0
 MAX_REPEAT = 10_000
+# The knobs in ``options``, as a site in front of this instance must allow them to pass
+# (chatsite's ALLOWED_OPTIONS: name -> [min, max]).
+KNOBS = {"dev_token_delay": [0, MAX_TOKEN_DELAY], "dev_repeat": [0, MAX_REPEAT]}
 MODIFIED_AT = "2026-01-01T00:00:00Z"
 REGISTRY = "registry.ollama.ai/library/"
 FAILABLE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags"})
