@@ -53,8 +53,10 @@ LEASE_TTL = 15.0
 LOCK_DIR = None
 USER_LOCK_RETRY_AFTER = 2
 
-# Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1).
+# Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1),
+# and the peer addresses they connect from: a request from any other peer keeps its own.
 PROXY_HOPS = 0
+FORWARDED_ALLOW_IPS = ["127.0.0.1", "::1"]
 
 # Cross-origin front-end dev servers.
 CORS_ORIGINS = []

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import jwt
 import jwt.api_jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import RSAAlgorithm
@@ -214,3 +215,11 @@ def test_unreachable_jwks_is_503_not_401(make_app, user):
     response = client.post("/settings", json={"token": token})
     assert response.status_code == 503
     assert response.json["status"] == "error"
+
+
+@pytest.mark.parametrize("exp", [10**400, -(10**400)])
+def test_an_expiry_no_float_can_hold_is_401(live, token_for, exp):
+    """Signed, so PyJWT accepts 10**400 as far in the future; chatsite must still say 401."""
+    response = requests.post(f"{live.url}/settings", json={"token": token_for(exp=exp)})
+    assert response.status_code == 401
+    assert response.json()["status"] == "error"

@@ -10,6 +10,7 @@ from $PATH or /usr/sbin. A test whose service is missing is skipped, or fails wh
 CHATSITE_TEST_REQUIRE_SERVICES=1 (CI).
 """
 
+import http.client
 import json
 import os
 import re
@@ -436,6 +437,65 @@ def test_nginx_streams_each_line_and_passes_disconnects(
         assert wait_until(lambda: user_is_free(FileCoordinator(tmp_path / "locks"), user))
         response, lines = stream(front, "/chat", echo_body(token))
         assert response.status_code == 200 and lines[-1]["done"] is True
+
+
+# --- request edges: forwarded addresses, chunked bodies -------------------------------------
+
+
+def access_log_address(server, source: str, forwarded_for: str) -> str:
+    """GET /healthz from `source` (a loopback address), claiming to forward for another.
+
+    Returns the client address gunicorn's access log gives that request: what the app
+    believed (ProxyFix rewrites REMOTE_ADDR in place).
+    """
+    marker = f"probe-{uuid.uuid4().hex}"
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, source_address=(source, 0))
+    try:
+        headers = {"X-Forwarded-For": forwarded_for, "User-Agent": marker}
+        connection.request("GET", "/healthz", headers=headers)
+        connection.getresponse().read()
+    finally:
+        connection.close()
+    found = wait_until(lambda: re.search(rf"gunicorn\.access: (\S+) .*{marker}", server.log(10**6)))
+    assert found, server.log()
+    return found.group(1)
+
+
+def test_forwarded_for_counts_only_from_the_configured_proxies(
+    tmp_path, launch, upstream, token_for
+):
+    """By default only nginx on the same host (127.0.0.1, ::1) may name the client."""
+    env = site_env(tmp_path / "default", [upstream.url])
+    server = launch(env, token_for())
+    # A client reaching gunicorn directly (here from 127.0.0.2) cannot pick its address.
+    assert access_log_address(server, "127.0.0.2", "203.0.113.9") == "127.0.0.2"
+    # nginx, on 127.0.0.1, can: one hop.
+    assert access_log_address(server, "127.0.0.1", "198.51.100.1, 203.0.113.9") == "203.0.113.9"
+    # The operator names the proxies (a JSON list or comma-separated, networks allowed).
+    env = site_env(tmp_path / "wide", [upstream.url], FORWARDED_ALLOW_IPS='["127.0.0.0/8"]')
+    server = launch(env, token_for())
+    assert access_log_address(server, "127.0.0.2", "203.0.113.9") == "203.0.113.9"
+
+
+def test_chunked_bodies_past_the_limit_are_413_under_gunicorn(
+    tmp_path, launch, upstream, token_for
+):
+    token = token_for()
+    server = launch(site_env(tmp_path, [upstream.url]), token)
+    limit = 1024 * 1024
+    body = json.dumps({"token": token}).encode()
+
+    def chunked(size):
+        data = body + b" " * (size - len(body))  # JSON whitespace up to `size` bytes
+        return (data[start : start + 65536] for start in range(0, size, 65536))
+
+    response = requests.post(f"{server.url}/settings", data=chunked(limit), timeout=10)
+    assert response.status_code == 200
+    for size in (limit + 1, 4 * limit):
+        response = requests.post(f"{server.url}/settings", data=chunked(size), timeout=10)
+        assert response.status_code == 413, size
+        assert response.json() == {"status": "error", "msg": "request body too large"}
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 # --- shutdown -----------------------------------------------------------------------------
