@@ -8,17 +8,25 @@ from flask.cli import with_appcontext
 from .auth import ConfigError
 from .ids import canonical_uuid
 from .site import current_site
+from .storage.chats import count_unsized_chats
+from .storage.database import database_connection
 from .storage.tables import create_tables
 
 
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
-    """Create the database tables (safe to run again)."""
+    """Create the database tables and add missing columns (safe to run again)."""
     try:
-        create_tables()
+        added = create_tables()
+        with database_connection():
+            counted = count_unsized_chats(current_site().transcripts)
     except peewee.DatabaseError as error:
         raise click.ClickException(f"cannot set up the database: {error}") from None
+    for column in added:
+        click.echo(f"added column {column}")
+    if counted:
+        click.echo(f"recorded the size of {counted} chats saved before sizes were kept")
     click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
 
 

@@ -22,6 +22,7 @@ MAX_MESSAGES = 500
 MAX_MESSAGE_CHARS = 100_000
 MAX_PROMPT_CHARS = 200_000
 MAX_CHATS_PER_USER = 10_000
+MAX_STORAGE_PER_USER = 256 * 1024 * 1024  # bytes of chat transcripts per user
 
 # Model options: sampling settings only (chatsite/api/options.py); every answer is bounded.
 MAX_NUM_PREDICT = 4096  # num_predict's upper bound, and what is sent when a client gives none

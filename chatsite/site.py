@@ -32,6 +32,7 @@ class Site:
     max_tool_calls: int
     auto_create_users: bool
     max_chats: int
+    max_storage: int  # bytes of transcripts per user
     retry_after: int
     _schemas: dict[type, Schema] = field(default_factory=dict)
 
@@ -80,6 +81,7 @@ def build_site(config: dict[str, Any]) -> Site:
         max_tool_calls=int(config["MAX_TOOL_CALLS_PER_ROUND"]),
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),
         max_chats=int(config["MAX_CHATS_PER_USER"]),
+        max_storage=int(config["MAX_STORAGE_PER_USER"]),
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
     )
 

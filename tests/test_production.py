@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import threading
 import uuid
 
@@ -437,6 +438,55 @@ def test_nginx_streams_each_line_and_passes_disconnects(
         assert wait_until(lambda: user_is_free(FileCoordinator(tmp_path / "locks"), user))
         response, lines = stream(front, "/chat", echo_body(token))
         assert response.status_code == 200 and lines[-1]["done"] is True
+
+
+# --- SQLite: a locked database ---------------------------------------------------------------
+
+
+def test_a_locked_sqlite_database_never_stops_other_streams(tmp_path, launch, upstream, token_for):
+    """Another process holds SQLite's write lock while a reply waits to be saved.
+
+    The wait is a sleep in Python, a gevent switch: the worker's other streams keep
+    delivering, and the save goes through once the lock is free. (SQLite's busy_timeout,
+    a blocking C sleep, froze every greenlet of the worker for as long as the lock was held.)
+    """
+    streamer, saver = token_for(), token_for()
+    server = launch(site_env(tmp_path, [{"url": upstream.url, "max_concurrent": 4}]), streamer)
+    chat_id = create_chat(server.url, saver)  # the saver's record and chat exist already
+    flowing = Stream(server.url, slow_body(streamer, delay=0.05, repeat=100))  # 20 s of lines
+
+    outside = sqlite3.connect(tmp_path / "chatsite.db", isolation_level=None, timeout=0)
+    outside.execute("BEGIN IMMEDIATE")  # an outside writer takes the write lock
+    saved: dict = {}
+    try:
+        done_before = upstream.stats()["completed_streams"]
+        saving = threading.Thread(
+            target=lambda: saved.update(
+                result=stream(server.url, "/chat", echo_body(saver, chatfile=chat_id))
+            )
+        )
+        saving.start()
+        # The saver's reply has been generated: its save now waits for the lock...
+        assert wait_until(lambda: upstream.stats()["completed_streams"] > done_before)
+        # ...while the other stream of the same worker goes on delivering lines.
+        during = [next(flowing.lines) for _ in range(20)]
+        assert all(line["status"] == "ok" and line["done"] is False for line in during)
+        assert "result" not in saved, saved  # still waiting for the lock, not failed
+    finally:
+        outside.execute("ROLLBACK")
+        outside.close()
+    saving.join(30)
+    response, lines = saved["result"]
+    assert response.status_code == 200
+    assert lines[-1] == {
+        "status": "ok",
+        "msg": "",
+        "fullMsg": "You said: hello there",
+        "done": True,
+    }
+    contents = get_chat(server.url, saver, chat_id)
+    assert [m["content"] for m in contents] == ["hello there", "You said: hello there"]
+    flowing.close()
 
 
 # --- request edges: forwarded addresses, chunked bodies -------------------------------------

@@ -7,8 +7,9 @@ from flask import Blueprint, current_app
 from ..errors import ApiError
 from ..llm.payloads import chat_payload
 from ..site import Site, current_site
-from ..storage.chats import find_chat, save_chat
+from ..storage.chats import ensure_room, find_chat, save_chat
 from ..storage.database import database_connection
+from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..streaming.reply import ndjson_response
@@ -72,6 +73,8 @@ def chat():
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
+        # Refused before the GPU works for it; an accepted reply is always saved.
+        ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
         save = partial(save_after_stream, site, user_id, chat_id)
     room = reply_room(site, messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
