@@ -11,7 +11,15 @@ import requests
 from chatsite.storage.database import db
 from chatsite.storage.tables import Chat
 from chatsite.storage.transcripts import FileTranscriptStore
-from tests.helpers import app_create_chat, new_user
+from tests.helpers import (
+    TIMEOUT,
+    app_create_chat,
+    create_chat,
+    echo_body,
+    get_chat,
+    new_user,
+    stream,
+)
 
 
 def test_create_then_get_and_list(post, token_for, user, app):
@@ -155,52 +163,39 @@ def test_forty_concurrent_creates_from_one_user(app, token_for, user):
 # --- the per-user storage bound, over real HTTP ------------------------------------------
 
 
-def chat_over_http(url, token, content, chat_id, model="echo"):
-    """POST /chat with a chatfile: (status, the JSON error or the stream's lines)."""
-    body = {"token": token, "model": model, "chatfile": chat_id}
-    body["messages"] = [{"role": "user", "content": content}]
-    response = requests.post(f"{url}/chat", json=body, timeout=10)
-    if response.headers["Content-Type"] == "application/x-ndjson":
-        return response.status_code, [json.loads(line) for line in response.text.splitlines()]
-    return response.status_code, response.json()
+def save_turn(url, token, content, chat_id):
+    """/chat with a chatfile: (status, the stream's lines, or the JSON error)."""
+    response, lines = stream(url, "/chat", echo_body(token, content, chatfile=chat_id))
+    return response.status_code, lines if lines is not None else response.json()
 
 
-def new_chat(url, token):
-    response = requests.post(f"{url}/create-chat", json={"token": token}, timeout=10)
-    return response.status_code, response.json()
-
-
-def chat_contents(url, token, chat_id):
-    body = {"token": token, "chatId": chat_id}
-    return requests.post(f"{url}/get-chat", json=body, timeout=10).json()["contents"]
+def refused_chat(url, token):
+    """/create-chat that must be refused: its JSON error."""
+    response = requests.post(f"{url}/create-chat", json={"token": token}, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    return response.json()
 
 
 def test_storage_per_user_is_bounded(make_live, token_for, upstream):
     live = make_live(MAX_STORAGE_PER_USER=3000)
     token, other = token_for(), token_for()
-    status, created = new_chat(live.url, token)
-    assert status == 200
-    chat_id = created["chatId"]
+    chat_id = create_chat(live.url, token)
     # Within the bound: saved.
-    status, lines = chat_over_http(live.url, token, "a" * 1000, chat_id)
+    status, lines = save_turn(live.url, token, "a" * 1000, chat_id)
     assert status == 200 and lines[-1]["done"] is True
-    saved = chat_contents(live.url, token, chat_id)
     # Replacing the chat counts its new size only (not the old one on top).
-    status, lines = chat_over_http(live.url, token, "b" * 1000, chat_id)
+    status, lines = save_turn(live.url, token, "b" * 1000, chat_id)
     assert status == 200 and lines[-1]["done"] is True
     # Past it: refused before anything is generated, with a clear reason; nothing changes.
     before = len(upstream.requests())
-    status, error = chat_over_http(live.url, token, "c" * 3000, chat_id)
+    status, error = save_turn(live.url, token, "c" * 3000, chat_id)
     assert status == 400
     assert error["status"] == "error"
     assert error["msg"].startswith("chat storage full: your chats may take at most 3000 bytes")
     assert len(upstream.requests()) == before
-    assert chat_contents(live.url, token, chat_id)[0]["content"] == "b" * 1000
-    assert len(saved) == 2
+    assert [m["content"][0] for m in get_chat(live.url, token, chat_id)] == ["b", "Y"]
     # Other users have their own bound.
-    status, created = new_chat(live.url, other)
-    assert status == 200
-    status, lines = chat_over_http(live.url, other, "d" * 2000, created["chatId"])
+    status, lines = save_turn(live.url, other, "d" * 2000, create_chat(live.url, other))
     assert status == 200 and lines[-1]["done"] is True
 
 
@@ -208,26 +203,23 @@ def test_an_accepted_reply_is_saved_even_past_the_bound(make_live, token_for):
     """The bound refuses the next request, never a reply already streamed to the user."""
     live = make_live(MAX_STORAGE_PER_USER=3000)
     token = token_for()
-    chat_id = new_chat(live.url, token)[1]["chatId"]
+    chat_id = create_chat(live.url, token)
     # The request takes ~1,550 bytes: it fits. With the echoed reply the chat takes ~3,100.
-    status, lines = chat_over_http(live.url, token, "x" * 1500, chat_id)
+    status, lines = save_turn(live.url, token, "x" * 1500, chat_id)
     assert status == 200 and lines[-1]["done"] is True
-    contents = chat_contents(live.url, token, chat_id)
+    contents = get_chat(live.url, token, chat_id)
     assert contents[1]["content"] == "You said: " + "x" * 1500
     assert len(json.dumps(contents, ensure_ascii=False)) > 3000
-    status, error = new_chat(live.url, token)
-    assert status == 400 and "chat storage full" in error["msg"]
+    assert "chat storage full" in refused_chat(live.url, token)["msg"]
 
 
 def test_creating_a_chat_respects_the_bound(make_live, token_for):
     live = make_live(MAX_STORAGE_PER_USER=1000)
     token = token_for()
-    chat_id = new_chat(live.url, token)[1]["chatId"]
-    status, lines = chat_over_http(live.url, token, "x" * 480, chat_id)
+    status, lines = save_turn(live.url, token, "x" * 480, create_chat(live.url, token))
     assert status == 200 and lines[-1]["done"] is True
-    status, error = new_chat(live.url, token)  # the chat now takes ~1,070 bytes
-    assert status == 400
-    assert "chat storage full" in error["msg"]
+    # The chat now takes ~1,070 bytes: no room for another.
+    assert "chat storage full" in refused_chat(live.url, token)["msg"]
 
 
 # --- saving: the record and the transcript change together or not at all ----------------
@@ -238,10 +230,10 @@ def test_a_failed_save_changes_neither_record_nor_file(
     live, app, token_for, user, monkeypatch, failing
 ):
     token = token_for(user)
-    chat_id = new_chat(live.url, token)[1]["chatId"]
-    status, lines = chat_over_http(live.url, token, "first", chat_id)
+    chat_id = create_chat(live.url, token)
+    status, lines = save_turn(live.url, token, "first", chat_id)
     assert status == 200 and lines[-1]["done"] is True
-    before = chat_contents(live.url, token, chat_id)
+    before = get_chat(live.url, token, chat_id)
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -250,19 +242,16 @@ def test_a_failed_save_changes_neither_record_nor_file(
         monkeypatch.setattr("chatsite.storage.transcripts.os.replace", broken)
     else:
         monkeypatch.setattr(Chat, "update", broken)
-    status, lines = chat_over_http(live.url, token, "second", chat_id)
+    status, lines = save_turn(live.url, token, "second", chat_id)
     assert lines[-1] == {
         "status": "error",
         "msg": "the reply could not be saved to the chat",
         "done": True,
     }
     monkeypatch.undo()
-    assert chat_contents(live.url, token, chat_id) == before
-    with app.app_context():
-        from chatsite.storage.database import db
-
-        with db.connection_context():
-            chat = Chat.get_by_id(chat_id)
-            assert (chat.name, chat.message_count) == ("first", 2)
+    assert get_chat(live.url, token, chat_id) == before
+    with app.app_context(), db.connection_context():
+        chat = Chat.get_by_id(chat_id)
+        assert (chat.name, chat.message_count) == ("first", 2)
     # No temp file was left behind.
     assert os.listdir(os.path.join(app.config["CHAT_DIR"], user)) == [f"{chat_id}.json"]

@@ -1,13 +1,10 @@
 """Model `options` over real HTTP: sampling settings only, within bounds, answers bounded."""
 
-import json
-
 import pytest
-import requests
 
 from chatsite import create_app
 from chatsite.api.options import SAMPLING_OPTIONS
-from tests.helpers import TEST_SECRET
+from tests.helpers import TEST_SECRET, echo_body, stream
 
 # What a front end may send: every allowed option at once, each at a sane value.
 SAMPLING = {
@@ -46,16 +43,13 @@ def database_url(tmp_path):
 
 
 def chat_body(token, options, **extra):
-    body = {"token": token, "model": "echo", "messages": [{"role": "user", "content": "hi"}]}
-    return {**body, "options": options, **extra}
+    return echo_body(token, "hi", options=options, **extra)
 
 
 def send(url, path, body):
-    """POST and return (status, the JSON error or the parsed stream lines)."""
-    response = requests.post(f"{url}{path}", json=body, timeout=10)
-    if response.headers["Content-Type"] == "application/x-ndjson":
-        return response.status_code, [json.loads(line) for line in response.text.splitlines()]
-    return response.status_code, response.json()
+    """POST and return (status, the parsed stream lines or the JSON error)."""
+    response, lines = stream(url, path, body)
+    return response.status_code, lines if lines is not None else response.json()
 
 
 def upstream_options(upstream):

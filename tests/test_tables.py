@@ -7,6 +7,7 @@ import requests
 
 from chatsite.storage.database import db
 from chatsite.storage.tables import Chat, User, create_tables
+from tests.helpers import TIMEOUT, get_chat
 
 
 def columns(table: str) -> set[str]:
@@ -54,9 +55,7 @@ def test_init_db_adds_missing_columns_and_counts_old_chats(make_app, make_live, 
     # Over HTTP: the old chat is served, and counts against the user's storage bound.
     token = token_for(user)
     live = make_live(CHAT_STORE=store, MAX_STORAGE_PER_USER=size + 1)
-    body = {"token": token, "chatId": chat_id}
-    contents = requests.post(f"{live.url}/get-chat", json=body, timeout=10).json()["contents"]
-    assert contents[0]["content"] == "é" * 500
-    response = requests.post(f"{live.url}/create-chat", json={"token": token}, timeout=10)
+    assert get_chat(live.url, token, chat_id)[0]["content"] == "é" * 500
+    response = requests.post(f"{live.url}/create-chat", json={"token": token}, timeout=TIMEOUT)
     assert response.status_code == 400
     assert "chat storage full" in response.json()["msg"]
