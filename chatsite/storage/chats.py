@@ -35,10 +35,7 @@ class ChatStorageFull(Exception):
     """The user's chats would take more than the bytes allowed per user."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(
-            f"chat storage full: your chats may take at most {limit} bytes; "
-            "shorten this chat or start from a smaller one"
-        )
+        super().__init__(f"chat storage full: your chats may take at most {limit} bytes in all")
 
 
 def storage_used(user_id: str, except_chat: str | None = None) -> int:
