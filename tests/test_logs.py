@@ -11,12 +11,8 @@ import pytest
 import requests
 
 from chatsite.operations.logformat import JsonFormatter
-from tests import test_production
-from tests.conftest import TEST_SECRET
+from tests.helpers import TEST_SECRET, echo_body, site_env
 from tests.servers import ROOT, wait_until
-from tests.test_production import echo_body, site_env
-
-launch = test_production.launch  # the fixture that starts gunicorn servers for a test
 
 
 @pytest.fixture

@@ -11,20 +11,11 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import test_production
+from tests.helpers import Stream, echo_body, site_env, slow_body, stream
 from tests.servers import ROOT, Nginx, free_port, need_service, nginx_binary, wait_until
-from tests.test_production import (
-    Stream,
-    chat,
-    echo_body,
-    nginx_site,
-    sessions_on_workers,
-    site_env,
-    slow_body,
-)
+from tests.test_production import nginx_site, sessions_on_workers
 
 NDJSON = "application/x-ndjson"
-launch = test_production.launch  # the fixture that starts gunicorn servers for a test
 
 
 @pytest.fixture
@@ -111,7 +102,7 @@ def test_gunicorn_workers_sum_counters_and_gauges(tmp_path, launch, upstream, to
         ]
         waiting: list = []
         waiter = threading.Thread(
-            target=lambda: waiting.append(chat(server.url, echo_body(tokens[3])))
+            target=lambda: waiting.append(stream(server.url, "/chat", echo_body(tokens[3])))
         )
         waiter.start()
 
@@ -124,10 +115,10 @@ def test_gunicorn_workers_sum_counters_and_gauges(tmp_path, launch, upstream, to
             )
 
         assert wait_until(lambda: host_view() == (3, 1, 3)), host_view()
-        for stream in streams:
-            stream.close()
+        for relaying in streams:
+            relaying.close()
         waiter.join(15)
-        assert waiting and waiting[0][0] == 200, waiting
+        assert waiting and waiting[0][0].status_code == 200, waiting
         assert wait_until(lambda: host_view() == (0, 0, 0)), host_view()
         samples = scrape(server.url)
         assert value(samples, "chatsite_queue_wait_seconds_count") >= 4
@@ -145,14 +136,14 @@ def test_a_killed_workers_streams_leave_the_gauge(tmp_path, launch, upstream, to
     drops its live gauges, and its counters stay in the host's sums."""
     token = token_for(user)
     server = launch(site_env(tmp_path, [{"url": upstream.url, "max_concurrent": 2}]), token)
-    stream = Stream(server.url, slow_body(token))
+    relaying = Stream(server.url, slow_body(token))
     samples = scrape(server.url)
     assert value(samples, "chatsite_streams_active", model="slow:latest") == 1
     served = value(samples, "chatsite_requests_total", endpoint="/settings", code="200")
     assert served >= 1  # gunicorn's readiness check
     (worker,) = server.worker_pids()
     os.kill(worker, signal.SIGKILL)
-    stream.close()
+    relaying.close()
     assert wait_until(lambda: server.worker_pids() and worker not in server.worker_pids(), 10)
 
     def after_restart():

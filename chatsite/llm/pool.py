@@ -109,6 +109,7 @@ class InstancePool:
                 return slot, slot.instance.client.stream(path, payload)
             except InstanceError as error:
                 slot.release()
+                log.warning("chat instance %s did not start: %s", slot.instance.url, error.detail)
                 if error.status == 404:
                     tried.add(slot.instance.url)  # stale catalog: another may serve it
                 elif error.retryable:

@@ -4,7 +4,7 @@ import logging
 
 from peewee import IntegrityError
 
-from .database import db, write_transaction
+from .database import write_transaction
 from .tables import Chat, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -15,7 +15,7 @@ def find_user(user_id: str, create: bool) -> User | None:
     user = User.get_or_none(User.uuid == user_id)
     if user is None and create:
         try:
-            with db.atomic():
+            with write_transaction():  # SQLite: waits for the write lock at BEGIN, cooperatively
                 User.insert(uuid=user_id).on_conflict_ignore().execute()
         except IntegrityError:  # pragma: no cover - a racing insert won; read it below
             pass

@@ -74,7 +74,7 @@ class StreamedReply:
                     break
                 yield from lines
         except InstanceError as error:
-            log.warning("stream from %s failed: %s", self.slot.instance.url, error.msg)
+            log.warning("stream from %s failed: %s", self.slot.instance.url, error.detail)
             self.finish(complete=False)
             yield error_line(error.msg)
         except drain.Draining as error:
@@ -98,6 +98,7 @@ class StreamedReply:
         try:
             # First stop the GPU (a client that left must not keep it generating), then
             # save, and only then free the user: a next request then sees the saved chat.
+            # A finished answer's connection is left open for `close()` to release.
             with contextlib.suppress(Exception):
                 self.upstream.close()
             self.on_finish(complete)
@@ -115,11 +116,17 @@ class StreamedReply:
             gevent.kill(self._greenlet, error)  # asynchronous: never waits for it to die
 
     def close(self) -> None:
-        """Called by the WSGI server when the response ends, however it ends."""
+        """Called by the WSGI server when the response ends, however it ends.
+
+        The client has its last line by now: only then may a finished upstream answer
+        take a moment to end its body, so its connection can be reused.
+        """
         try:
             self._body.close()
         finally:
             self.finish(complete=False)
+            with contextlib.suppress(Exception):
+                self.upstream.release()
 
 
 def ndjson_response(reply: StreamedReply) -> Response:
