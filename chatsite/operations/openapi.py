@@ -21,6 +21,7 @@ from flask import Flask
 from marshmallow import Schema, fields
 
 from ..api import responses, schemas
+from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +318,47 @@ def build(app: Flask) -> dict[str, Any]:
     return document
 
 
+def options_schema(rules: OptionRules) -> dict[str, Any]:
+    """The `options` object the running app accepts: each allowed option with its range."""
+    properties: dict[str, Any] = {}
+    for name, (low, high, integer) in SAMPLING_OPTIONS.items():
+        kind = "integer" if integer else "number"
+        properties[name] = {"type": kind, "minimum": low, "maximum": high, "nullable": True}
+    properties["num_predict"] = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": rules.max_num_predict,
+        "nullable": True,
+        "description": f"Without it, {rules.max_num_predict} is sent.",
+    }
+    properties["stop"] = {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS},
+        "maxItems": MAX_STOP_SEQUENCES,
+        "nullable": True,
+    }
+    for name, bounds in rules.allowed.items():  # the operator's rules replace built-in ones
+        extra = {"description": "Allowed by the operator (ALLOWED_OPTIONS)."}
+        if bounds is not None:
+            extra.update(type="number", minimum=bounds[0], maximum=bounds[1], nullable=True)
+        properties[name] = extra
+    return {
+        "type": "object",
+        "description": "Sampling settings only; any other option is a 400 naming it. "
+        "`null` means not set.",
+        "properties": dict(sorted(properties.items())),
+        "additionalProperties": False,
+    }
+
+
 def _apply_configured_limits(document: dict[str, Any], app: Flask) -> None:
-    """Write the running app's size limits into the request schemas."""
+    """Write the running app's size limits and option rules into the request schemas."""
     limits = schemas.Limits.from_config(app.config)
     components = document["components"]["schemas"]
+    components["Options"] = options_schema(limits.options)
+    for component in components.values():
+        if "options" in component.get("properties", {}):
+            component["properties"]["options"] = {"$ref": "#/components/schemas/Options"}
     for schema_name, field_name, keyword, limit in CONFIGURED_LIMITS:
         prop = components.get(schema_name, {}).get("properties", {}).get(field_name)
         if prop is not None:
