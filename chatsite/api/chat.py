@@ -9,9 +9,8 @@ from ..site import Site, current_site
 from ..storage.chats import find_chat, save_chat
 from ..storage.database import database_connection
 from ..streaming.conversation import ChatReply, ToolRunner
-from ..streaming.reply import ndjson_response
 from ..tools import ToolContext
-from .admission import choose_model, lock_user, open_upstream
+from .admission import choose_model, lock_user, start_reply
 from .body import authenticated, user_record
 from .schemas import ChatSchema
 
@@ -56,6 +55,6 @@ def chat():
         site.tools.schemas() if tools is not None else None,
     )
     user_lease = lock_user(site, user_id)
-    slot, upstream = open_upstream(site, user_lease, model, "/api/chat", payload)
-    reply = ChatReply(slot, upstream, user_lease, payload, data["messages"], tools, save)
-    return ndjson_response(reply)
+    admission = site.pool.admit(model, "/api/chat", payload)
+    reply = ChatReply(admission, user_lease, payload, data["messages"], tools, save)
+    return start_reply(site, reply, user_id, data.get("queue_updates", False))

@@ -144,6 +144,7 @@ class GenerateSchema(LimitedSchema):
     suffix = fields.String()
     model = ModelName()
     options = Options()
+    queue_updates = fields.Boolean(truthy={True}, falsy={False})
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:
@@ -191,6 +192,7 @@ class ChatSchema(LimitedSchema):
     system = fields.String()
     options = Options()
     chatfile = fields.UUID()
+    queue_updates = fields.Boolean(truthy={True}, falsy={False})
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +34,7 @@ MAX_DRAIN = 64 * 1024 * 1024  # oversized bodies up to this are read and dropped
 MAX_TOKEN_DELAY = 5.0
 MAX_REPEAT = 10_000
 MODIFIED_AT = "2026-01-01T00:00:00Z"
+KEEP_ALIVE = 300.0  # seconds a model stays "loaded" (/api/ps) after its last use, as in Ollama
 REGISTRY = "registry.ollama.ai/library/"
 FAILABLE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags"})
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")  # whitespace stays attached: "".join(pieces) == text
@@ -172,6 +173,20 @@ class DevState:
             "disconnected_streams": 0,
         }
         self._fail_status, self._fail_count = 0, 0
+        self._loaded: dict[str, float] = {}  # model name -> when it unloads (monotonic)
+
+    def use(self, model: str, keep_alive: float = KEEP_ALIVE) -> None:
+        """Mark a model loaded, as a request for it makes Ollama load it."""
+        with self._lock:
+            self._loaded[model] = time.monotonic() + keep_alive
+
+    def loaded(self) -> dict[str, float]:
+        """The models still loaded and the seconds each has left, most recently used first."""
+        now = time.monotonic()
+        with self._lock:
+            live = {name: until for name, until in self._loaded.items() if until > now}
+            self._loaded = live
+        return {name: live[name] - now for name in sorted(live, key=live.__getitem__, reverse=True)}
 
     def bump(self, counter: str, delta: int = 1) -> None:
         with self._lock:
@@ -196,6 +211,7 @@ class DevState:
             self._counts.update(requests=0, completed_streams=0, disconnected_streams=0)
             self._records.clear()
             self._fail_status, self._fail_count = 0, 0
+            self._loaded.clear()
 
     def fail_next(self, status: int, count: int) -> None:
         with self._lock:
@@ -240,6 +256,7 @@ _ROUTES: dict[tuple[str, str], str] = {  # (method, path) -> api_<name>
     ("HEAD", "/"): "root",
     ("GET", "/api/version"): "version",
     ("GET", "/api/tags"): "tags",
+    ("GET", "/api/ps"): "ps",
     ("POST", "/api/show"): "show",
     ("POST", "/api/chat"): "chat",
     ("POST", "/api/generate"): "generate",
@@ -364,6 +381,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = MODELS.get(canonical_name(name))
         if model is None:
             raise DevHttpError(404, f'model "{name}" not found, try pulling it first')
+        self.server.state.use(model.name)
         return model
 
     def _answer(
@@ -440,6 +458,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def api_tags(self, _body: Any) -> None:
         self._send_json(200, {"models": [m.tag() for m in MODELS.values()]})
+
+    def api_ps(self, _body: Any) -> None:
+        """The models used within KEEP_ALIVE seconds, as Ollama lists what it has in memory."""
+        models = []
+        for name, left in self.server.state.loaded().items():
+            tag, until = MODELS[name].tag(), datetime.now(UTC) + timedelta(seconds=left)
+            expires = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+            models.append({**tag, "expires_at": expires, "size_vram": tag["size"]})
+        self._send_json(200, {"models": models})
 
     def api_show(self, body: dict[str, Any]) -> None:
         name = body.get("model") or body.get("name")
@@ -555,6 +582,14 @@ class DevInstance:
 
     def reset(self) -> None:
         self.server.state.reset()
+
+    def load(self, model: str) -> None:
+        """Mark a model loaded, as if a request had just used it."""
+        self.server.state.use(canonical_name(model))
+
+    def loaded(self) -> list[str]:
+        """The models /api/ps lists now."""
+        return list(self.server.state.loaded())
 
     def fail_next(self, status: int, count: int = 1) -> None:
         """Make the next ``count`` API calls answer ``status`` (to test retries/cool-downs)."""

@@ -33,6 +33,7 @@ class InstanceStream:
         self.response = response
         self.deadline = deadline
         self.max_line = max_line
+        self.cancelled = False  # set from another thread by `cancel()`
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Yield parsed lines up to the one marked done, then read the body to its end.
@@ -44,6 +45,8 @@ class InstanceStream:
         buffer = b""
         try:
             for chunk in self.response.iter_content(chunk_size=None):
+                if self.cancelled:
+                    raise InstanceError("stopped")
                 if time.monotonic() > self.deadline:
                     raise InstanceError("chat server took too long")
                 if done:
@@ -58,7 +61,15 @@ class InstanceStream:
                 if len(buffer) > self.max_line:
                     raise InstanceError("chat server sent an oversized line")
         except requests.RequestException as error:
+            if self.cancelled:
+                raise InstanceError("stopped") from None
             raise InstanceError(f"chat server connection failed: {type(error).__name__}") from None
+        except Exception:
+            if self.cancelled:  # closed under the reader's feet: http.client fails as it may
+                raise InstanceError("stopped") from None
+            raise
+        if self.cancelled:
+            raise InstanceError("stopped")  # a close from another greenlet can look like an end
         if buffer.strip() and not done:
             yield self._parse(buffer)
 
@@ -73,6 +84,10 @@ class InstanceStream:
         if "error" in data:
             raise InstanceError(f"chat server error: {str(data['error'])[:500]}")
         return data
+
+    def cancel(self) -> None:
+        """Make the reading thread stop at the next piece (where greenlets cannot be killed)."""
+        self.cancelled = True
 
     def close(self) -> None:
         """Close the connection, so the instance stops generating."""
@@ -133,6 +148,12 @@ class OllamaClient:
     def tags(self) -> list[dict[str, Any]]:
         """List the models this instance serves."""
         models = self.get_json("GET", "/api/tags").get("models")
+        return models if isinstance(models, list) else []
+
+    def running(self) -> list[dict[str, Any]]:
+        """List the models this instance has loaded in memory (Ollama's /api/ps)."""
+        data = self.get_json("GET", "/api/ps")
+        models = data.get("models") if isinstance(data, dict) else None
         return models if isinstance(models, list) else []
 
     def show(self, model: str) -> dict[str, Any]:

@@ -30,3 +30,10 @@ class InstanceRefused(Exception):
 
 class InstanceFailed(Exception):
     """Every instance tried failed before the stream started."""
+
+
+class QueueFull(Exception):
+    """MAX_QUEUE requests already wait for the model."""
+
+    def __init__(self, msg: str = "too many requests are waiting for this model") -> None:
+        super().__init__(msg)

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..coordination import Lease
-from ..llm.client import InstanceStream
-from ..llm.pool import Slot
+from ..llm.pool import Admission
 from ..tools import ToolContext, ToolRegistry
 from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
 
@@ -62,15 +61,14 @@ class ChatReply(StreamedReply):
 
     def __init__(
         self,
-        slot: Slot,
-        upstream: InstanceStream,
+        admission: Admission,
         user_lease: Lease,
         payload: dict[str, Any],
         request_messages: list[dict],
         tools: ToolRunner | None = None,
         save: Callable[[list[dict]], None] | None = None,
     ) -> None:
-        super().__init__(slot, upstream, user_lease)
+        super().__init__(admission, user_lease)
         self.payload = payload
         self.request_messages = request_messages
         self.tools = tools
@@ -95,9 +93,10 @@ class ChatReply(StreamedReply):
         if not self.finish(complete=True):
             yield error_line(NOT_SAVED)
             return
-        yield ndjson_line(
-            {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
-        )
+        yield ndjson_line(self.last_line())
+
+    def last_line(self) -> dict:
+        return {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
 
     def _relay_round(self) -> Iterator[bytes]:
         """Stream one upstream answer to the client; return the tool calls it asked for."""
