@@ -1,6 +1,8 @@
 """Fixtures: a real app over a temp instance folder, SQLite or PostgreSQL, and tokens."""
 
+import gc
 import os
+import signal
 import time
 import uuid
 from urllib.parse import quote
@@ -11,7 +13,7 @@ from playhouse.db_url import connect as connect_url
 
 from chatsite import create_app
 from chatsite.storage.tables import create_tables
-from tests.servers import need_service
+from tests.servers import Gunicorn, need_service
 
 TEST_SECRET = "test-secret-" + "s" * 40
 PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
@@ -171,3 +173,51 @@ def make_live(make_app, upstream):
 @pytest.fixture
 def live(make_live):
     return make_live()
+
+
+@pytest.fixture
+def launch(upstream):
+    """Start gunicorn servers for this test; every one is stopped when it ends.
+
+    Depends on `upstream` so that the servers stop before that fixture checks that every
+    upstream stream has ended.
+    """
+    servers: list[Gunicorn] = []
+
+    def start(env: dict, token: str | None, workers: int = 1) -> Gunicorn:
+        server = Gunicorn(env, workers=workers)
+        servers.append(server)
+        return server.start(token)
+
+    yield start
+    # Responses caught in reference cycles keep their keep-alive connections open, and a
+    # gunicorn worker waits for its idle connections (up to `keepalive`) before it exits.
+    gc.collect()
+    # SIGTERM to all at once: each takes a moment to drain, so stop them side by side.
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def redis_prefix():
+    """(url, prefix): the test Redis and a key prefix of this test's own, cleaned up."""
+    import redis
+
+    url = service_url("CHATSITE_TEST_REDIS_URL", REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        client.close()
+        need_service(f"Redis is unreachable: {type(error).__name__}")
+    prefix = f"chatsite-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield url, prefix
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()

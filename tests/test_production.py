@@ -10,7 +10,6 @@ from $PATH or /usr/sbin. A test whose service is missing is skipped, or fails wh
 CHATSITE_TEST_REQUIRE_SERVICES=1 (CI).
 """
 
-import gc
 import json
 import os
 import re
@@ -20,14 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 import requests
 
 from chatsite import create_app
 from chatsite.coordination import FileCoordinator
 from chatsite.storage.tables import create_tables
-from tests.conftest import REDIS_URL, TEST_SECRET, pg_url, service_url
-from tests.servers import ROOT, Gunicorn, Nginx, free_port, need_service, nginx_binary, wait_until
+from tests.conftest import TEST_SECRET, pg_url
+from tests.servers import ROOT, Nginx, free_port, need_service, nginx_binary, wait_until
 
 BUSY = "a request from this user is already being processed"
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available"}
@@ -84,54 +82,6 @@ def site_env(folder: Path, instances: list, database_url: str | None = None, ini
         }
     )
     return env
-
-
-@pytest.fixture
-def launch(upstream):
-    """Start gunicorn servers for this test; every one is stopped when it ends.
-
-    Depends on `upstream` so that the servers stop before that fixture checks that every
-    upstream stream has ended.
-    """
-    servers: list[Gunicorn] = []
-
-    def start(env: dict, token: str | None, workers: int = 1) -> Gunicorn:
-        server = Gunicorn(env, workers=workers)
-        servers.append(server)
-        return server.start(token)
-
-    yield start
-    # Responses caught in reference cycles keep their keep-alive connections open, and a
-    # gunicorn worker waits for its idle connections (up to `keepalive`) before it exits.
-    gc.collect()
-    # SIGTERM to all at once: each takes a moment to drain, so stop them side by side.
-    for server in servers:
-        if server.process is not None and server.process.poll() is None:
-            server.process.send_signal(signal.SIGTERM)
-    for server in servers:
-        server.__exit__(None, None, None)
-
-
-@pytest.fixture
-def redis_prefix():
-    """(url, prefix): the test Redis and a key prefix of this test's own, cleaned up."""
-    import redis
-
-    url = service_url("CHATSITE_TEST_REDIS_URL", REDIS_URL)
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        client.close()
-        need_service(f"Redis is unreachable: {type(error).__name__}")
-    prefix = f"chatsite-test-{uuid.uuid4().hex[:12]}"
-    try:
-        yield url, prefix
-    finally:
-        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
 
 
 # --- requests -----------------------------------------------------------------------------
