@@ -9,11 +9,12 @@ import json
 import os
 import signal
 import threading
-import time
+from functools import partial
 
 import pytest
 import requests
 
+from chatsite.coordination import FileCoordinator, RedisCoordinator
 from chatsite.dev.instance import DevInstance
 from tests.servers import wait_until
 from tests.test_production import create_chat, get_chat, sessions_on_workers, site_env
@@ -86,30 +87,48 @@ def stop(url, token, session=None):
     return response.status_code, response.json()
 
 
-def check_arrival_order(urls, instance, token_for, sessions=None):
-    """Twelve users arrive 100 ms apart while the slot is busy: served in that order."""
+def check_arrival_order(urls, instance, token_for, line, sessions=None):
+    """Twelve users join the line one after the other while the slot is busy: they are
+    served in that order. Every other one asks for `queue_updates` and is told its place.
+
+    `line` counts the requests waiting (the test's own view of the lock folder or Redis),
+    so each request is sent once the one before it is in line: no timing guesses.
+    """
     blocker_token = token_for()
-    blocker = Reader(urls[0], body(blocker_token, "blocker", delay=0.05, repeat=30))
+    blocker = Reader(urls[0], body(blocker_token, "blocker", delay=0.05, repeat=200))
     assert blocker.status == 200
     assert blocker.next()["status"] == "ok"
     results: list = [None] * 12
 
     def ask(index):
         url = urls[index % len(urls)]
-        session = sessions[index % len(sessions)] if sessions else requests
-        payload = body(token_for(), f"user {index}")
-        results[index] = session.post(f"{url}/chat", json=payload, timeout=60)
+        session = sessions[index % len(sessions)] if sessions else None
+        updates = index % 2 == 0
+        reader = Reader(url, body(token_for(), f"user {index}", queue_updates=updates), session)
+        results[index] = (reader.status, reader.rest())
 
     threads = []
     for index in range(12):
         threads.append(threading.Thread(target=ask, args=(index,)))
         threads[-1].start()
-        time.sleep(0.1)
-    blocker.rest()
+        assert wait_until(lambda: line() == index + 1, timeout=10)  # noqa: B023
+    assert stop(urls[-1], blocker_token)[0] == 200
     for thread in threads:
         thread.join(60)
-    assert [r.status_code for r in results] == [200] * 12, [r.text for r in results]
+    for index, (status, lines) in enumerate(results):
+        assert status == 200
+        if index % 2 == 0:
+            assert lines[0] == {"status": "queued", "position": index + 1, "done": False}
+            positions = [line["position"] for line in lines if line["status"] == "queued"]
+            assert positions == sorted(positions, reverse=True)  # it only ever moves up
+        assert lines[-1]["fullMsg"] == f"You said: user {index}"
     assert served_order(instance) == ["blocker"] + [f"user {i}" for i in range(12)]
+
+
+def files_line(folder):
+    """Count the requests waiting for `slow` on the host whose lock folder is `folder`."""
+    observer = FileCoordinator(folder / "locks")
+    return lambda: observer.waiting("slow:latest")
 
 
 # --- arrival order, and /stop from wherever ------------------------------------------------
@@ -117,13 +136,13 @@ def check_arrival_order(urls, instance, token_for, sessions=None):
 
 def test_arrival_order_with_one_worker(tmp_path, instance, launch, token_for):
     server = launch(host_env(tmp_path, instance), token_for())
-    check_arrival_order([server.url], instance, token_for)
+    check_arrival_order([server.url], instance, token_for, files_line(tmp_path))
 
 
 def test_arrival_order_and_stop_across_workers(tmp_path, instance, launch, token_for, user):
     server = launch(host_env(tmp_path, instance), token_for(), workers=3)
     sessions = [session for session, _ in sessions_on_workers(server, 6, workers=3)]
-    check_arrival_order([server.url], instance, token_for, sessions)
+    check_arrival_order([server.url], instance, token_for, files_line(tmp_path), sessions)
 
     # A stream on one worker, stopped through another worker.
     token = token_for(user)
@@ -162,7 +181,12 @@ def test_arrival_order_and_stop_across_hosts(tmp_path, instance, launch, token_f
     shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": prefix}
     a = launch(host_env(tmp_path / "a", instance, **shared), token_for(), workers=2)
     b = launch(host_env(tmp_path / "b", instance, **shared), token_for(), workers=2)
-    check_arrival_order([a.url, b.url], instance, token_for)
+    observer = RedisCoordinator(redis_url, prefix=prefix)
+    try:
+        line = partial(observer.waiting, "slow:latest")
+        check_arrival_order([a.url, b.url], instance, token_for, line)
+    finally:
+        observer.close()
 
     # Stopped through the other host, while streaming and while waiting in line.
     streaming, waiting = token_for(), token_for()

@@ -25,6 +25,8 @@ from .signals import LocalSignals
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_WAIT = 2.0  # seconds a worker's first request waits for its event subscription
+
 # Take the first free key of KEYS (slots in a random rotation); return its 1-based index or 0.
 _ACQUIRE = """
 for i = 1, #KEYS do
@@ -202,10 +204,17 @@ class RedisCoordinator:
     # -- lines and stop requests --
 
     def _listen(self) -> None:
-        """Start this process's subscriber on first use (after a fork: one per worker)."""
+        """Start this process's subscriber on first use (after a fork: one per worker).
+
+        The first caller waits (briefly) for the subscription, so that nothing published
+        right after, such as a stop for this very request, is missed.
+        """
         with self._lock:
-            if self._subscriber is None or not self._subscriber._thread.is_alive():
-                self._subscriber = Subscriber(self._redis, self.channel, self.signals)
+            subscriber = self._subscriber
+            if subscriber is None or not subscriber._thread.is_alive():
+                subscriber = self._subscriber = Subscriber(self._redis, self.channel, self.signals)
+        if not subscriber.ready.is_set():
+            subscriber.ready.wait(SUBSCRIBE_WAIT)
 
     def _heartbeat_prefix(self, line: str) -> str:
         return f"{line}:alive:"

@@ -69,19 +69,25 @@ class Subscriber:
         self._channel = channel
         self._signals = signals
         self.stopped = threading.Event()
+        self.ready = threading.Event()  # set once Redis confirmed the subscription
         self._thread = threading.Thread(target=self._listen, name="chatsite-events", daemon=True)
         self._thread.start()
 
     def _listen(self) -> None:
         while not self.stopped.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
             try:
                 pubsub.subscribe(self._channel)
                 while not self.stopped.is_set():
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self.ready.set()
+                    elif message["type"] == "message":
                         self._deliver(message["data"])
             except redis.RedisError:
+                self.ready.clear()
                 log.warning("event channel lost; resubscribing", exc_info=True)
                 self._signals.wake_all()  # waiters look again rather than miss a release
                 time.sleep(1.0)
