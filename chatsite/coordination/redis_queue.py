@@ -13,11 +13,15 @@ a slot or leaving a line publishes a wake-up there, /stop publishes the user's i
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import redis
 
 from .base import EventTicket, model_key
 from .signals import LocalSignals
+
+if TYPE_CHECKING:
+    from .redis import RedisCoordinator
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ class Subscriber:
 class RedisTicket(EventTicket):
     """A member of the model's line, with a heartbeat refreshed at every look."""
 
-    def __init__(self, owner, line: str, member: str, ticket: int) -> None:
+    def __init__(self, owner: "RedisCoordinator", line: str, member: str, ticket: int) -> None:
         super().__init__(owner.signals)
         self._owner = owner
         self._line = line
