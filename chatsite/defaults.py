@@ -39,7 +39,9 @@ MODELS_CACHE_SECONDS = 10.0
 # Tools the server runs for the model.
 TOOLS = None  # None: the built-in set
 MAX_TOOL_ROUNDS = 5
-TOOL_TIMEOUT = 5.0
+MAX_TOOL_CALLS_PER_ROUND = 8  # calls past this in one answer are refused, not run
+TOOL_TIMEOUT = 5.0  # seconds a tool may run before its process is killed
+TOOL_PROCESSES = 2  # tool processes per worker; a call waits up to TOOL_TIMEOUT for one
 
 # Who may use what right now (user locks, instance slots): "files" spans the workers of
 # one host; REDIS_URL spans hosts; "local" is one process only.

@@ -29,6 +29,7 @@ class Site:
     tools: ToolRegistry | None  # None or empty: no tools are offered
     tool_timeout: float
     max_tool_rounds: int
+    max_tool_calls: int
     auto_create_users: bool
     max_chats: int
     retry_after: int
@@ -84,6 +85,7 @@ def build_site(config: dict[str, Any]) -> Site:
         tools=registry_from_config(config),
         tool_timeout=float(config["TOOL_TIMEOUT"]),
         max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
+        max_tool_calls=int(config["MAX_TOOL_CALLS_PER_ROUND"]),
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),
         max_chats=int(config["MAX_CHATS_PER_USER"]),
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _gunicorn_quiet_args() -> tuple[str, ...]:
     """gunicorn >= 25.1 opens a control socket in $HOME by default: not for test servers."""
-    from importlib.metadata import version
-
     major, minor = (int(part) for part in version("gunicorn").split(".")[:2])
     return ("--no-control-socket",) if (major, minor) >= (25, 1) else ()
 

@@ -7,21 +7,15 @@ import uuid
 
 import pytest
 
+from chatsite.storage.database import db
 from chatsite.storage.tables import Chat
 from chatsite.storage.transcripts import FileTranscriptStore
-
-
-def create(post, token):
-    response = post("/create-chat", {"token": token})
-    assert response.status_code == 200, response.json
-    assert response.json["status"] == "ok"
-    assert response.json["msg"] == "chat created"
-    return response.json["chatId"]
+from tests.helpers import app_create_chat, new_user
 
 
 def test_create_then_get_and_list(post, token_for, user, app):
     token = token_for(user)
-    chat_id = create(post, token)
+    chat_id = app_create_chat(post, token)
     assert uuid.UUID(chat_id).version == 4
     response = post("/get-chat", {"token": token, "chatId": chat_id})
     assert response.status_code == 200
@@ -35,14 +29,14 @@ def test_create_then_get_and_list(post, token_for, user, app):
 
 def test_chats_listed_newest_first(post, token_for):
     token = token_for()
-    ids = [create(post, token) for _ in range(3)]
+    ids = [app_create_chat(post, token) for _ in range(3)]
     listed = [f["id"] for f in post("/settings", {"token": token}).json["chat_files"]["files"]]
     assert listed == ids[::-1]
 
 
 def test_another_users_chat_is_not_found(post, token_for):
     alice, bob = token_for(), token_for()
-    chat_id = create(post, alice)
+    chat_id = app_create_chat(post, alice)
     response = post("/get-chat", {"token": bob, "chatId": chat_id})
     assert response.status_code == 404
     assert response.json == {"status": "error", "msg": "chat not found"}
@@ -69,7 +63,7 @@ def test_get_chat_requires_chat_id(post, token_for):
 
 def test_store_paths_stay_inside_root(tmp_path):
     store = FileTranscriptStore(tmp_path)
-    user, chat = str(uuid.uuid4()), str(uuid.uuid4())
+    user, chat = new_user(), str(uuid.uuid4())
     assert store.path(user, chat).is_relative_to(tmp_path.resolve())
     for bad in ("../x", "..", "a/b"):
         with pytest.raises(ValueError):
@@ -80,7 +74,7 @@ def test_store_paths_stay_inside_root(tmp_path):
 
 def test_failed_file_write_leaves_neither_file_nor_row(app, post, token_for, user, monkeypatch):
     token = token_for(user)
-    create(post, token)  # the user and one good chat exist
+    app_create_chat(post, token)  # the user and one good chat exist
 
     def broken_replace(src, dst):
         raise OSError("disk full")
@@ -90,18 +84,15 @@ def test_failed_file_write_leaves_neither_file_nor_row(app, post, token_for, use
     assert response.status_code == 500
     assert response.json == {"status": "error", "msg": "could not create the chat"}
     monkeypatch.undo()
-    with app.app_context():
-        from chatsite.storage.database import db
-
-        with db.connection_context():
-            assert Chat.select().where(Chat.owner == user).count() == 1
+    with app.app_context(), db.connection_context():
+        assert Chat.select().where(Chat.owner == user).count() == 1
     user_dir = os.path.join(app.config["CHAT_DIR"], user)
     assert len(os.listdir(user_dir)) == 1  # no temp file, no second chat
 
 
 def test_failed_row_insert_leaves_no_row_and_no_file(app, post, token_for, user, monkeypatch):
     token = token_for(user)
-    create(post, token)
+    app_create_chat(post, token)
 
     original_create = Chat.create
 

@@ -1,5 +1,7 @@
 """Bodies that are not what they should be get a clear 4xx, never a traceback."""
 
+import json
+
 import pytest
 
 
@@ -23,8 +25,6 @@ def test_unparseable_bodies_are_400(client, data, content_type):
 
 @pytest.mark.parametrize("body", [[1, 2], "token", 5, None, True])
 def test_non_object_bodies_are_400(client, body):
-    import json
-
     response = client.post("/settings", data=json.dumps(body), content_type="application/json")
     assert response.status_code == 400
     assert response.json["msg"] == "body must be a JSON object"
@@ -66,8 +66,6 @@ def test_unexpected_errors_hide_internals(app, client, token_for, monkeypatch, c
 
 def test_text_plain_json_is_accepted(client, token_for):
     """Front ends may send text/plain to avoid a CORS preflight."""
-    import json
-
     body = json.dumps({"token": token_for()})
     response = client.post("/settings", data=body, content_type="text/plain")
     assert response.status_code == 200

@@ -16,8 +16,8 @@ import requests
 
 from chatsite.coordination import FileCoordinator, RedisCoordinator
 from chatsite.dev.instance import DevInstance
+from tests.helpers import create_chat, get_chat, sessions_on_workers, site_env
 from tests.servers import wait_until
-from tests.test_production import create_chat, get_chat, sessions_on_workers, site_env
 
 DEV_OPTIONS = {"dev_token_delay": None, "dev_repeat": None}
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available", "done": True}

@@ -9,11 +9,11 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from .. import defaults
 from ..llm.catalog import normalize_model
+from ..streaming.limits import MAX_TOOL_CALLS
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 ROLES = ("user", "assistant", "tool", "system")
 MAX_OPTIONS = 64
-MAX_TOOL_CALLS = 32
 MAX_IMAGES = 8
 MAX_IMAGE_CHARS = 10 * 1024 * 1024
 
@@ -137,6 +137,15 @@ class ChatIdSchema(LimitedSchema):
     chatId = fields.UUID(required=True)  # the contract spells it so
 
 
+class StrictBoolean(fields.Boolean):
+    """true or false, nothing that merely looks like one ("yes", 1)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
 class GenerateSchema(LimitedSchema):
     """`/generate`: a completion, or fill-in-the-middle with a suffix."""
 
@@ -144,7 +153,7 @@ class GenerateSchema(LimitedSchema):
     suffix = fields.String()
     model = ModelName()
     options = Options()
-    queue_updates = fields.Boolean(truthy={True}, falsy={False})
+    queue_updates = StrictBoolean()
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:
@@ -155,7 +164,9 @@ class GenerateSchema(LimitedSchema):
 
 
 class ToolFunctionSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
+    # Any name a model gave is saved and must come back: an empty one is answered
+    # "unknown tool", never refused here.
+    name = fields.String(required=True, validate=validate.Length(max=200))
     arguments = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
     index = fields.Integer()
 
@@ -167,7 +178,11 @@ class ToolCallSchema(StrictSchema):
 
 
 class MessageSchema(StrictSchema):
-    """A chat message as the client sends it, or as /get-chat gave it back."""
+    """A chat message as the client sends it, or as /get-chat gave it back.
+
+    Every field the server saves is accepted here, within limits that what it saves
+    keeps to (see `chatsite.streaming.limits`).
+    """
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = fields.String(required=True)
@@ -192,7 +207,8 @@ class ChatSchema(LimitedSchema):
     system = fields.String()
     options = Options()
     chatfile = fields.UUID()
-    queue_updates = fields.Boolean(truthy={True}, falsy={False})
+    think = StrictBoolean()
+    queue_updates = StrictBoolean()
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:
@@ -203,10 +219,11 @@ class ChatSchema(LimitedSchema):
             raise ValidationError(f"At most {self.limits.messages} messages.", "messages")
         limit = self.limits.message_chars
         for index, message in enumerate(messages):
-            if len(message["content"]) > limit:
-                raise ValidationError(
-                    f"Longer than {limit} characters.", f"messages.{index}.content"
-                )
+            for text in ("content", "thinking"):
+                if len(message.get(text, "")) > limit:
+                    raise ValidationError(
+                        f"Longer than {limit} characters.", f"messages.{index}.{text}"
+                    )
         if len(data.get("system", "")) > self.limits.system_prompt_chars:
             raise ValidationError(
                 f"Longer than {self.limits.system_prompt_chars} characters.", "system"

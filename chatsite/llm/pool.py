@@ -141,6 +141,7 @@ class Admission:
                 self.upstream = slot.instance.client.stream(self.path, self.payload)
             except InstanceError as error:
                 slot.release()
+                log.warning("chat instance %s did not start: %s", slot.instance.url, error.detail)
                 if error.status == 404:
                     tried.add(slot.instance.url)  # stale catalog: another may serve it
                 elif error.retryable:

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from peewee import fn
+
 from ..ids import canonical_uuid
 from .tables import ChatTranscript
 
@@ -26,6 +28,7 @@ class TranscriptStore(Protocol):
 
     def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
     def read(self, user_id: str, chat_id: str) -> list[dict]: ...
+    def size(self, user_id: str, chat_id: str) -> int: ...
     def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
     def delete(self, user_id: str, chat_id: str) -> None: ...
 
@@ -56,6 +59,13 @@ class FileTranscriptStore:
         try:
             with open(self.path(user_id, chat_id), "rb") as handle:
                 return json.load(handle)
+        except FileNotFoundError:
+            raise TranscriptMissing(chat_id) from None
+
+    def size(self, user_id: str, chat_id: str) -> int:
+        """The chat file's size in bytes, without reading it."""
+        try:
+            return self.path(user_id, chat_id).stat().st_size
         except FileNotFoundError:
             raise TranscriptMissing(chat_id) from None
 
@@ -118,6 +128,17 @@ class DatabaseTranscriptStore:
         if row is None:
             raise TranscriptMissing(chat_id)
         return json.loads(row.messages)
+
+    def size(self, user_id: str, chat_id: str) -> int:
+        """The length of the chat's JSON text, without fetching it."""
+        size = (
+            ChatTranscript.select(fn.LENGTH(ChatTranscript.messages))
+            .where(ChatTranscript.chat == canonical_uuid(chat_id))
+            .scalar()
+        )
+        if size is None:
+            raise TranscriptMissing(chat_id)
+        return int(size)
 
     def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
         """Replace the chat's messages."""

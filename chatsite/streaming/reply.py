@@ -165,7 +165,7 @@ class StreamedReply:
             if self.stopped:
                 yield from self._end_stopped()
                 return
-            log.warning("stream from %s failed: %s", self.slot.instance.url, error.msg)
+            log.warning("stream from %s failed: %s", self.slot.instance.url, error.detail)
             self.finish(complete=False)
             yield error_line(error.msg)
         except WAIT_ERRORS as error:
@@ -221,6 +221,7 @@ class StreamedReply:
         try:
             # First stop the GPU (a client that left must not keep it generating), then
             # save, and only then free the user: a next request then sees the saved chat.
+            # A finished answer's connection is left open for `close()` to release.
             if self.upstream is not None:
                 with contextlib.suppress(Exception):
                     self.upstream.close()
@@ -249,11 +250,18 @@ class StreamedReply:
             gevent.kill(self._greenlet, error)  # asynchronous: never waits for it to die
 
     def close(self) -> None:
-        """Called by the WSGI server when the response ends, however it ends."""
+        """Called by the WSGI server when the response ends, however it ends.
+
+        The client has its last line by now: only then may a finished upstream answer
+        take a moment to end its body, so its connection can be reused.
+        """
         try:
             self._body.close()
         finally:
             self.finish(complete=False)
+            if self.upstream is not None:
+                with contextlib.suppress(Exception):
+                    self.upstream.release()
 
 
 def ndjson_response(reply: StreamedReply) -> Response:
