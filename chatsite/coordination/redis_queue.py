@@ -13,15 +13,12 @@ a slot or leaving a line publishes a wake-up there, /stop publishes the user's i
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import redis
 
 from .base import EventTicket, model_key
 from .signals import LocalSignals
-
-if TYPE_CHECKING:
-    from .redis import RedisCoordinator
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +106,22 @@ class Subscriber:
             self._signals.stop(text[len(STOP) :])
 
 
+class LineOwner(Protocol):
+    """What a ticket needs of the coordinator that made it (RedisCoordinator)."""
+
+    signals: LocalSignals
+    channel: str
+    heartbeat_ms: int
+    _position: Any  # the POSITION script
+    _leave: Any  # the LEAVE script
+
+    def _heartbeat_prefix(self, line: str) -> str: ...
+
+
 class RedisTicket(EventTicket):
     """A member of the model's line, with a heartbeat refreshed at every look."""
 
-    def __init__(self, owner: "RedisCoordinator", line: str, member: str, ticket: int) -> None:
+    def __init__(self, owner: LineOwner, line: str, member: str, ticket: int) -> None:
         super().__init__(owner.signals)
         self._owner = owner
         self._line = line
