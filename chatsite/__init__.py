@@ -8,8 +8,8 @@ from flask import Flask, Response
 
 from . import cli, errors, operations
 from .api import cors
+from .api.proxies import TrustedProxyFix, parse_trusted
 from .api.routes import BLUEPRINTS
-from .proxies import TrustedProxyFix, parse_trusted
 from .site import build_site
 from .storage import database
 

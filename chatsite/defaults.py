@@ -31,6 +31,9 @@ ALLOWED_OPTIONS = None  # more options: {"name": [min, max] or None for any valu
 # Chat instances (the upstream LLM servers).
 CHAT_INSTANCES = ["http://127.0.0.1:11434"]
 INSTANCE_WAIT_TIMEOUT = 10.0
+MAX_QUEUE = 100  # requests waiting for one model; past it a 503
+QUEUE_RETRY_AFTER = 10  # seconds, in the 503's Retry-After
+STOP_TIMEOUT = 10.0  # seconds /stop waits for the request to end
 INSTANCE_COOLDOWN = 5.0
 UPSTREAM_CONNECT_TIMEOUT = 3.0
 UPSTREAM_READ_TIMEOUT = 120.0

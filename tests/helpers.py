@@ -4,6 +4,7 @@ Plain functions only: fixtures live in conftest.py, real servers in servers.py.
 """
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +23,7 @@ from chatsite.coordination import Coordinator
 from chatsite.dev.instance import KNOBS, DevInstance
 from chatsite.site import Site
 from chatsite.storage.tables import create_tables
+from tests.servers import wait_until
 
 TEST_SECRET = "test-secret-" + "s" * 40
 # The development chat instance's knobs for long streams, allowed as an operator would.
@@ -247,3 +249,33 @@ def site_env(folder: Path, instances: list, database_url: str | None = None, ini
         }
     )
     return env
+
+
+def sessions_on_workers(server, count, workers, attempts=60):
+    """Open `count` keep-alive sessions spread over the workers: [(session, worker pid)].
+
+    A burst of new connections is accepted by whichever worker wakes first, often all by
+    one. A session's connection stays with the worker that accepted it, so the sessions
+    are opened one by one (which spreads them) and each is tagged by a first request whose
+    access-log line names its worker.
+    """
+    kept, spare = [], []
+    per_worker = -(-count // workers)
+    for attempt in range(attempts):
+        if len(kept) == count:
+            break
+        session = requests.Session()
+        session.get(f"{server.url}/healthz?conn={attempt}", timeout=TIMEOUT)
+        line = re.compile(rf"\[(\d+)\].*\"GET /healthz\?conn={attempt} ")
+        found = wait_until(lambda: line.search(server.log(10**6)), timeout=2)  # noqa: B023
+        assert found, server.log()
+        pid = int(found.group(1))
+        if sum(p == pid for _, p in kept) < per_worker:
+            kept.append((session, pid))
+        else:
+            spare.append((session, pid))
+    while len(kept) < count and spare:
+        kept.append(spare.pop())
+    for session, _ in spare:
+        session.close()
+    return kept

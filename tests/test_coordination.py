@@ -155,6 +155,105 @@ def test_wait_for_release_returns_within_timeout(coordinator, timeout):
     held.release()
 
 
+# -- the lines and stop requests --
+
+
+def test_the_line_is_first_come_first_served(coordinator):
+    tickets = [coordinator.join_queue("echo:latest", 3) for _ in range(3)]
+    assert [t.position() for t in tickets] == [1, 2, 3]
+    assert coordinator.waiting("echo:latest") == 3
+    assert coordinator.join_queue("echo:latest", 3) is None  # full
+    other = coordinator.join_queue("coder:latest", 3)  # every model has its own line
+    assert other.position() == 1
+    tickets[1].leave()
+    tickets[1].leave()  # idempotent
+    assert [tickets[0].position(), tickets[2].position()] == [1, 2]
+    tickets[0].leave()
+    assert tickets[2].position() == 1
+    for ticket in (tickets[2], other):
+        ticket.leave()
+    assert coordinator.waiting("echo:latest") == 0
+
+
+def test_leaving_and_releasing_wake_the_waiters(coordinator):
+    """A wait of 30 s ends when the one ahead leaves, and again when a slot is freed."""
+    first, second = (coordinator.join_queue("echo:latest", 10) for _ in range(2))
+    held = coordinator.try_acquire_slot(URL, 1)
+    for wake in (first.leave, held.release):
+        waiter = threading.Thread(target=second.wait, args=(30,))
+        waiter.start()
+        wake()
+        waiter.join(HANG_GUARD)
+        assert not waiter.is_alive()
+    second.leave()
+
+
+def test_stop_reaches_the_request_that_watches(coordinator):
+    user, other = new_user(), new_user()
+    stopped: list[str] = []
+    watch = coordinator.watch_stop(user, lambda: stopped.append(user))
+    coordinator.watch_stop(other, lambda: stopped.append(other))
+    coordinator.request_stop(user)
+    assert wait_until(lambda: stopped == [user])
+    watch.release()
+    coordinator.request_stop(user)  # nobody watches any more: nothing happens
+    coordinator.request_stop(other)  # delivered in order: after the one before
+    assert wait_until(lambda: stopped == [user, other])
+
+
+def test_user_busy_follows_the_lock(coordinator):
+    user = new_user()
+    assert not coordinator.user_busy(user)
+    lease = coordinator.try_lock_user(user)
+    assert coordinator.user_busy(user)
+    lease.release()
+    assert not coordinator.user_busy(user)
+
+
+WAITER = textwrap.dedent(
+    """
+    import sys, time
+    from chatsite.coordination import FileCoordinator, RedisCoordinator
+    kind, where, prefix = sys.argv[1:4]
+    if kind == "files":
+        coordinator = FileCoordinator(where)
+    else:
+        coordinator = RedisCoordinator(where, prefix=prefix)
+    ticket = coordinator.join_queue("echo:latest", 10)
+    print(ticket.position(), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["files", "redis"])
+def test_a_killed_waiter_leaves_no_ghost(kind, tmp_path, request):
+    if kind == "files":
+        where, prefix = str(tmp_path / "locks"), ""
+        coordinator = FileCoordinator(where)
+    else:
+        where, prefix = request.getfixturevalue("redis_prefix")
+        coordinator = request.getfixturevalue("make_redis")()
+    child = subprocess.Popen(
+        [sys.executable, "-c", WAITER, kind, where, prefix],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "1"
+        mine = coordinator.join_queue("echo:latest", 10)
+        assert mine.position() == 2
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+        assert wait_until(lambda: mine.position() == 1, timeout=10)
+        mine.leave()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
 # -- FileCoordinator --
 
 

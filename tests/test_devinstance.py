@@ -83,6 +83,24 @@ def test_show_capabilities(dev, body, caps):
     assert data["modified_at"]
 
 
+def test_ps_lists_the_models_used_recently(dev):
+    """Like Ollama's /api/ps: a model is loaded once used, most recent first; reset unloads."""
+
+    def loaded():
+        return [m["name"] for m in requests.get(dev.url + "/api/ps", timeout=5).json()["models"]]
+
+    assert loaded() == []
+    chat(dev, "echo", messages("hi"))
+    send(dev, "/api/generate", {"model": "coder", "prompt": "x", "stream": False})
+    assert loaded() == ["coder:latest", "echo:latest"]
+    entry = requests.get(dev.url + "/api/ps", timeout=5).json()["models"][0]
+    assert entry["expires_at"].endswith("Z") and entry["size_vram"] == entry["size"]
+    dev.load("slow")
+    assert loaded()[0] == "slow:latest"
+    dev.reset()
+    assert loaded() == []
+
+
 def test_unknown_models_404(dev):
     resp = send(dev, "/api/show", {"model": "nope"})
     assert resp.status_code == 404 and resp.json() == {"error": "model 'nope' not found"}

@@ -35,6 +35,7 @@ from tests.helpers import (
     init_db,
     new_user,
     pg_url,
+    sessions_on_workers,
     site_env,
     slow_body,
     stream,
@@ -75,36 +76,6 @@ def post_all(url, bodies, sessions=None, timeout=10.0):
     for thread in threads:
         thread.join(timeout + 10)
     return results
-
-
-def sessions_on_workers(server, count, workers, attempts=60):
-    """Open `count` keep-alive sessions spread over the workers: [(session, worker pid)].
-
-    A burst of new connections is accepted by whichever worker wakes first, often all by
-    one. A session's connection stays with the worker that accepted it, so the sessions
-    are opened one by one (which spreads them) and each is tagged by a first request whose
-    access-log line names its worker.
-    """
-    kept, spare = [], []
-    per_worker = -(-count // workers)
-    for attempt in range(attempts):
-        if len(kept) == count:
-            break
-        session = requests.Session()
-        session.get(f"{server.url}/healthz?conn={attempt}", timeout=TIMEOUT)
-        line = re.compile(rf"\[(\d+)\].*\"GET /healthz\?conn={attempt} ")
-        found = wait_until(lambda: line.search(server.log(10**6)), timeout=2)  # noqa: B023
-        assert found, server.log()
-        pid = int(found.group(1))
-        if sum(p == pid for _, p in kept) < per_worker:
-            kept.append((session, pid))
-        else:
-            spare.append((session, pid))
-    while len(kept) < count and spare:
-        kept.append(spare.pop())
-    for session, _ in spare:
-        session.close()
-    return kept
 
 
 def statuses(responses):

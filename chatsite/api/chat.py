@@ -12,9 +12,8 @@ from ..storage.database import database_connection
 from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
-from ..streaming.reply import ndjson_response
 from ..tools import ToolContext
-from .admission import choose_model, lock_user, open_upstream
+from .admission import choose_model, lock_user, start_reply
 from .body import authenticated, user_record
 from .schemas import ChatSchema
 
@@ -89,6 +88,6 @@ def chat():
         think,
     )
     user_lease = lock_user(site, user_id)
-    slot, upstream = open_upstream(site, user_lease, model, "/api/chat", payload)
-    reply = ChatReply(slot, upstream, user_lease, payload, messages, room, clock, tools, save)
-    return ndjson_response(reply)
+    admission = site.pool.admit(model, "/api/chat", payload)
+    reply = ChatReply(admission, user_lease, payload, messages, room, clock, tools, save)
+    return start_reply(site, reply, user_id, data.get("queue_updates", False))

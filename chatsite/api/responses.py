@@ -99,6 +99,7 @@ class GenerateLineSchema(StrictSchema):
     finalMsg = fields.String(
         metadata={"description": "Last line only: the whole text, with `response` empty."}
     )
+    stopped = fields.Boolean(metadata={"description": "Last line of a stream ended by /stop."})
 
 
 class ChatLineSchema(StrictSchema):
@@ -112,6 +113,7 @@ class ChatLineSchema(StrictSchema):
     fullMsg = fields.String(
         metadata={"description": "Last line only: every `msg` of this answer, joined."}
     )
+    stopped = fields.Boolean(metadata={"description": "Last line of a stream ended by /stop."})
 
 
 class StreamErrorSchema(StrictSchema):

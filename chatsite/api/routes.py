@@ -11,6 +11,7 @@ from . import (
     model_list,
     openapi,
     settings,
+    stop,
     update_settings,
 )
 
@@ -24,6 +25,7 @@ BLUEPRINTS = [
         model_list,
         generate,
         chat,
+        stop,
         health,
         metrics,
         openapi,

@@ -205,21 +205,6 @@ class ChatIdSchema(LimitedSchema):
     chatId = fields.UUID(required=True)  # the contract spells it so
 
 
-class GenerateSchema(SampledSchema):
-    """`/generate`: a completion, or fill-in-the-middle with a suffix."""
-
-    prompt = fields.String(required=True)
-    suffix = fields.String()
-    model = ModelName()
-
-    @validates_schema
-    def check_sizes(self, data: dict, **kwargs: Any) -> None:
-        limit = self.limits.prompt_chars
-        for name in ("prompt", "suffix"):
-            if len(data.get(name, "")) > limit:
-                raise ValidationError(f"Longer than {limit} characters.", name)
-
-
 class StrictBoolean(fields.Boolean):
     """true or false, nothing that merely looks like one ("yes", 1)."""
 
@@ -227,6 +212,22 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise ValidationError("Not a valid boolean.")
         return value
+
+
+class GenerateSchema(SampledSchema):
+    """`/generate`: a completion, or fill-in-the-middle with a suffix."""
+
+    prompt = fields.String(required=True)
+    suffix = fields.String()
+    model = ModelName()
+    queue_updates = StrictBoolean()
+
+    @validates_schema
+    def check_sizes(self, data: dict, **kwargs: Any) -> None:
+        limit = self.limits.prompt_chars
+        for name in ("prompt", "suffix"):
+            if len(data.get(name, "")) > limit:
+                raise ValidationError(f"Longer than {limit} characters.", name)
 
 
 class ToolFunctionSchema(StrictSchema):
@@ -273,6 +274,7 @@ class ChatSchema(SampledSchema):
     system = fields.String()
     chatfile = fields.UUID()
     think = StrictBoolean()
+    queue_updates = StrictBoolean()
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:

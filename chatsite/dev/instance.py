@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ MAX_REPEAT = 10_000
 # (chatsite's ALLOWED_OPTIONS: name -> [min, max]).
 KNOBS = {"dev_token_delay": [0, MAX_TOKEN_DELAY], "dev_repeat": [0, MAX_REPEAT]}
 MODIFIED_AT = "2026-01-01T00:00:00Z"
+KEEP_ALIVE = 300.0  # seconds a model stays "loaded" (/api/ps) after its last use, as in Ollama
 REGISTRY = "registry.ollama.ai/library/"
 FAILABLE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags"})
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")  # whitespace stays attached: "".join(pieces) == text
@@ -194,6 +195,20 @@ class DevState:
         }
         self._fail_status, self._fail_count, self._fail_error = 0, 0, ""
         self._misbehaviour: dict[str, Any] = {}
+        self._loaded: dict[str, float] = {}  # model name -> when it unloads (monotonic)
+
+    def use(self, model: str, keep_alive: float = KEEP_ALIVE) -> None:
+        """Mark a model loaded, as a request for it makes Ollama load it."""
+        with self._lock:
+            self._loaded[model] = time.monotonic() + keep_alive
+
+    def loaded(self) -> dict[str, float]:
+        """The models still loaded and the seconds each has left, most recently used first."""
+        now = time.monotonic()
+        with self._lock:
+            live = {name: until for name, until in self._loaded.items() if until > now}
+            self._loaded = live
+        return {name: live[name] - now for name in sorted(live, key=live.__getitem__, reverse=True)}
 
     def bump(self, counter: str, delta: int = 1) -> None:
         with self._lock:
@@ -219,6 +234,7 @@ class DevState:
             self._records.clear()
             self._fail_status, self._fail_count, self._fail_error = 0, 0, ""
             self._misbehaviour = {}
+            self._loaded.clear()
 
     def fail_next(self, status: int, count: int, error: str = "injected failure") -> None:
         with self._lock:
@@ -273,6 +289,7 @@ _ROUTES: dict[tuple[str, str], str] = {  # (method, path) -> api_<name>
     ("HEAD", "/"): "root",
     ("GET", "/api/version"): "version",
     ("GET", "/api/tags"): "tags",
+    ("GET", "/api/ps"): "ps",
     ("POST", "/api/show"): "show",
     ("POST", "/api/chat"): "chat",
     ("POST", "/api/generate"): "generate",
@@ -415,6 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = MODELS.get(canonical_name(name))
         if model is None:
             raise DevHttpError(404, f'model "{name}" not found, try pulling it first')
+        self.server.state.use(model.name)
         return model
 
     def _answer(
@@ -508,6 +526,15 @@ class _Handler(BaseHTTPRequestHandler):
         if "tags" in how:
             return self._send_json(200, how["tags"])
         self._send_json(200, {"models": [m.tag() for m in MODELS.values()]})
+
+    def api_ps(self, _body: Any) -> None:
+        """The models used within KEEP_ALIVE seconds, as Ollama lists what it has in memory."""
+        models = []
+        for name, left in self.server.state.loaded().items():
+            tag, until = MODELS[name].tag(), datetime.now(UTC) + timedelta(seconds=left)
+            expires = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+            models.append({**tag, "expires_at": expires, "size_vram": tag["size"]})
+        self._send_json(200, {"models": models})
 
     def api_show(self, body: dict[str, Any]) -> None:
         name = body.get("model") or body.get("name")
@@ -648,6 +675,14 @@ class DevInstance:
 
     def reset(self) -> None:
         self.server.state.reset()
+
+    def load(self, model: str) -> None:
+        """Mark a model loaded, as if a request had just used it."""
+        self.server.state.use(canonical_name(model))
+
+    def loaded(self) -> list[str]:
+        """The models /api/ps lists now."""
+        return list(self.server.state.loaded())
 
     def fail_next(self, status: int, count: int = 1, error: str = "injected failure") -> None:
         """Make the next ``count`` API calls answer ``status`` (to test retries/cool-downs)."""

@@ -1,4 +1,4 @@
-"""Which models the chat instances serve, with their capabilities, cached briefly."""
+"""Which models the chat instances serve and have loaded, with capabilities, cached briefly."""
 
 import logging
 import threading
@@ -23,6 +23,7 @@ class Instance:
     cool_until: float = 0.0
     reachable: bool = False
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loaded: set[str] = field(default_factory=set)  # in memory (/api/ps): no load time
 
     def cooling(self, now: float | None = None) -> bool:
         """Tell whether the instance is resting after a failure."""
@@ -173,8 +174,22 @@ class ModelCatalog:
             else:  # a bug here must not take /models, /healthz or other instances down
                 log.exception("chat instance %s left out", instance.url)
             instance.models = {}
+            instance.loaded = set()
             instance.reachable = False
             instance.cool_down(self.cooldown)
+            return
+        instance.loaded = self._loaded(instance)
+
+    @staticmethod
+    def _loaded(instance: Instance) -> set[str]:
+        """The models the instance has in memory; none known if it cannot tell (no /api/ps)."""
+        try:
+            entries = instance.client.running()
+        except InstanceError as error:
+            log.info("chat instance %s tells no loaded models: %s", instance.url, error.msg)
+            return set()
+        names = (str(e.get("name") or e.get("model") or "") for e in entries if isinstance(e, dict))
+        return {normalize_model(name) for name in names if name}
 
     def _capabilities_of(self, instance: Instance, entry: dict[str, Any]) -> list[str]:
         key = (instance.url, entry["name"], entry["digest"])

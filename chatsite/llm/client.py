@@ -14,6 +14,7 @@ from .errors import (
     ENDED_EARLY,
     INVALID_ANSWER,
     SERVER_ERROR,
+    STOPPED,
     TOO_SLOW,
     UNREACHABLE,
     InstanceError,
@@ -49,6 +50,7 @@ class InstanceStream:
         self.deadline = deadline
         self.max_line = max_line
         self.complete = False
+        self.cancelled = False  # set from another thread or greenlet by `cancel()`
         self._chunks: Iterator[bytes] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -57,6 +59,8 @@ class InstanceStream:
         self._chunks = self.response.iter_content(chunk_size=None)
         try:
             for chunk in self._chunks:
+                if self.cancelled:
+                    raise InstanceError(STOPPED)
                 if time.monotonic() > self.deadline:
                     raise InstanceError(TOO_SLOW)
                 buffer = buffer + chunk if buffer else chunk
@@ -71,7 +75,15 @@ class InstanceStream:
                 if len(buffer) > self.max_line:
                     raise InstanceError(INVALID_ANSWER, detail="an oversized line")
         except requests.RequestException as error:
+            if self.cancelled:
+                raise InstanceError(STOPPED) from None
             raise InstanceError(CONNECTION_FAILED, detail=type(error).__name__) from None
+        except Exception:
+            if self.cancelled:  # closed under the reader's feet: http.client fails as it may
+                raise InstanceError(STOPPED) from None
+            raise
+        if self.cancelled:
+            raise InstanceError(STOPPED)  # a close from another greenlet can look like an end
         if buffer.strip():
             data = self._parse(buffer)
             self.complete = data.get("done") is True
@@ -90,6 +102,10 @@ class InstanceStream:
         if "error" in data:
             raise InstanceError(SERVER_ERROR, detail=data["error"])
         return data
+
+    def cancel(self) -> None:
+        """Make the reader stop at the next piece (a thread blocked in a read cannot be woken)."""
+        self.cancelled = True
 
     def close(self) -> None:
         """Close the connection so the instance stops generating, unless the answer is done."""
@@ -178,6 +194,12 @@ class OllamaClient:
     def tags(self) -> Any:
         """Ask which models this instance serves (the catalog checks the answer's shape)."""
         return self.get_json("GET", "/api/tags")
+
+    def running(self) -> list[dict[str, Any]]:
+        """List the models this instance has loaded in memory (Ollama's /api/ps)."""
+        data = self.get_json("GET", "/api/ps")
+        models = data.get("models") if isinstance(data, dict) else None
+        return models if isinstance(models, list) else []
 
     def show(self, model: str) -> Any:
         """Ask for one model's description, with its capabilities (checked by the catalog)."""

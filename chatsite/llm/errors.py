@@ -17,6 +17,7 @@ TOO_SLOW = "chat server took too long"
 CONNECTION_FAILED = "chat server connection failed"
 INVALID_ANSWER = "chat server sent an invalid answer"
 ENDED_EARLY = "chat server ended the answer early"
+STOPPED = "stopped"  # by /stop: never shown, the stream ends with its ordinary last line
 
 MAX_DETAIL_CHARS = 500
 
@@ -82,3 +83,10 @@ class InstanceRefused(Exception):
 
 class InstanceFailed(Exception):
     """Every instance tried failed before the stream started."""
+
+
+class QueueFull(Exception):
+    """MAX_QUEUE requests already wait for the model."""
+
+    def __init__(self, msg: str = "too many requests are waiting for this model") -> None:
+        super().__init__(msg)

@@ -12,6 +12,8 @@ from flask import Flask, Response, request
 from . import metrics, requestlog
 from .logformat import JsonFormatter, check_format
 
+NDJSON = "application/x-ndjson"
+
 
 def _tag_log_records() -> None:
     """Give every log record the id of the request being served (None outside one)."""
@@ -65,6 +67,6 @@ def init_app(app: Flask) -> None:
         record.status = response.status_code
         response.headers[requestlog.REQUEST_ID_HEADER] = record.request_id
         metrics.count_request(record.endpoint, response.status_code)
-        if not record.streaming:  # a stream's line is written when the stream ends
+        if response.mimetype != NDJSON:  # a stream's line is written when the stream ends
             record.write()
         return response

@@ -202,36 +202,50 @@ class QueueWait:
 
 
 class StreamWatch:
-    """One stream's figures: active while it runs, first-line time, chunks and length.
+    """One streamed request's figures: relaying while it has a slot, first-line time,
+    chunks and length, and its log line.
 
-    Created by the reply in the view (so the request's record is at hand); `finished()` runs
-    once, from the reply's `finish`, however the stream ends.
+    Created by the reply in the view (so the request's record is at hand); `relaying()` when
+    it has its slot and upstream stream; `finished()` once, however it ends (a request that
+    never reached an instance, waiting in its stream, is logged but never relayed).
     """
 
-    __slots__ = ("_first_seen", "_model", "_record", "_started")
+    __slots__ = ("_done", "_first_seen", "_model", "_record", "_relaying_since", "_started")
 
-    def __init__(self, slot: "Slot") -> None:
-        self._model = slot.model
+    def __init__(self, model: str) -> None:
+        self._model = model
         self._record = requestlog.current()
         self._started = time.monotonic()
+        self._relaying_since: float | None = None
         self._first_seen = False
+        self._done = False
+        if self._record is not None:
+            self._record.streaming = True  # its line is written when the stream ends
+
+    def relaying(self, slot: "Slot") -> None:
+        """The request has its slot and upstream stream: it relays from now on."""
+        self._relaying_since = time.monotonic()
         PENDING.add(labelled(STREAMS_ACTIVE, self._model), 1)
         if self._record is not None:
             self._record.note_slot(slot)
 
     def first_line(self) -> None:
-        """The stream's first line is about to be sent."""
+        """The answer's first line is about to be sent."""
         if not self._first_seen:
             self._first_seen = True
             since = self._record.started if self._record is not None else self._started
             FIRST_CHUNK_SECONDS.observe(time.monotonic() - since)
 
     def finished(self, chunks: int, complete: bool) -> None:
-        """The stream ended: add its chunks, time it, and log its request."""
-        PENDING.add(labelled(STREAMS_ACTIVE, self._model), -1)
-        if chunks:
-            PENDING.add(labelled(STREAM_CHUNKS, self._model), chunks)
-        STREAM_SECONDS.observe(time.monotonic() - self._started)
+        """The stream ended: add its chunks, time it, and log its request (once)."""
+        if self._done:
+            return
+        self._done = True
+        if self._relaying_since is not None:
+            PENDING.add(labelled(STREAMS_ACTIVE, self._model), -1)
+            if chunks:
+                PENDING.add(labelled(STREAM_CHUNKS, self._model), chunks)
+            STREAM_SECONDS.observe(time.monotonic() - self._relaying_since)
         if self._record is not None:
             self._record.stream_ended(chunks, complete)
 

@@ -91,7 +91,8 @@ class RequestRecord:
         """The stream is over, whole or cut short: its request is done."""
         self.tokens = tokens
         self.complete = complete
-        self.write()
+        if self.status is not None:  # else it never streamed: the answer's hook writes it
+            self.write()
 
     def fields(self) -> dict[str, Any]:
         """The record as log fields, leaving out what this request never had."""

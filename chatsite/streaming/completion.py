@@ -16,4 +16,7 @@ class GenerateReply(StreamedReply):
                 pieces.append(piece)
                 yield ndjson_line({"status": "ok", "response": piece})
         self.finish(complete=True)
-        yield ndjson_line({"status": "ok", "response": "", "finalMsg": "".join(pieces)})
+        yield ndjson_line(self.last_line())
+
+    def last_line(self) -> dict:
+        return {"status": "ok", "response": "", "finalMsg": "".join(self.pieces)}

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..coordination import Lease
-from ..llm.client import InstanceStream
 from ..llm.errors import INVALID_ANSWER, InstanceError
-from ..llm.pool import Slot
+from ..llm.pool import Admission
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
 from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
@@ -97,8 +96,7 @@ class ChatReply(StreamedReply):
 
     def __init__(
         self,
-        slot: Slot,
-        upstream: InstanceStream,
+        admission: Admission,
         user_lease: Lease,
         payload: dict[str, Any],
         request_messages: list[dict],
@@ -107,7 +105,7 @@ class ChatReply(StreamedReply):
         tools: ToolRunner | None = None,
         save: Callable[[list[dict]], None] | None = None,
     ) -> None:
-        super().__init__(slot, upstream, user_lease)
+        super().__init__(admission, user_lease)
         self.payload = payload
         self.request_messages = request_messages  # stamped when the request arrived
         self.room = room
@@ -138,9 +136,10 @@ class ChatReply(StreamedReply):
         if not self.finish(complete=True):
             yield error_line(NOT_SAVED)
             return
-        yield ndjson_line(
-            {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
-        )
+        yield ndjson_line(self.last_line())
+
+    def last_line(self) -> dict:
+        return {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
 
     def _relay_round(self) -> Iterator[bytes]:
         """Stream one upstream answer to the client; return the tool calls it asked for.
