@@ -2,7 +2,8 @@
 
 from flask import Blueprint, Response
 
-from ..operations.metrics import CONTENT_TYPE, scrape
+from ..operations.metrics import CONTENT_TYPE
+from ..operations.scrape import scrape
 from ..site import current_site
 
 bp = Blueprint("metrics", __name__)

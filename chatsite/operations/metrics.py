@@ -18,8 +18,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,16 +25,9 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import requestlog
-
-if TYPE_CHECKING:
-    from ..llm.pool import Slot
-    from ..site import Site
 
 log = logging.getLogger(__name__)
 
@@ -222,12 +213,12 @@ class StreamWatch:
         if self._record is not None:
             self._record.streaming = True  # its line is written when the stream ends
 
-    def relaying(self, slot: "Slot") -> None:
-        """The request has its slot and upstream stream: it relays from now on."""
+    def relaying(self, instance: str, waited: float) -> None:
+        """The request has its slot on `instance` (after `waited` s): it relays from now on."""
         self._relaying_since = time.monotonic()
         PENDING.add(labelled(STREAMS_ACTIVE, self._model), 1)
         if self._record is not None:
-            self._record.note_slot(slot)
+            self._record.note_slot(self._model, instance, waited)
 
     def first_line(self) -> None:
         """The answer's first line is about to be sent."""
@@ -248,53 +239,3 @@ class StreamWatch:
             STREAM_SECONDS.observe(time.monotonic() - self._relaying_since)
         if self._record is not None:
             self._record.stream_ended(chunks, complete)
-
-
-class InstanceCollector:
-    """`chatsite_instance_up` and `chatsite_instance_slots_in_use`, read at scrape time."""
-
-    def __init__(self, site: "Site") -> None:
-        self.site = site
-
-    def collect(self) -> Iterator[Metric]:
-        catalog, coordinator = self.site.catalog, self.site.coordinator
-        catalog.refresh()  # only when stale, and never blocks while another refresh runs
-        up = GaugeMetricFamily(
-            "chatsite_instance_up",
-            "1 if the chat instance answered its last check and is not cooling down, else 0.",
-            labels=["instance"],
-        )
-        slots = GaugeMetricFamily(
-            "chatsite_instance_slots_in_use",
-            "Slots of the chat instance in use, as the coordinator counts them.",
-            labels=["instance"],
-        )
-        now = time.monotonic()
-        for instance in catalog.instances:
-            up.add_metric([instance.url], int(instance.reachable and not instance.cooling(now)))
-            slots.add_metric([instance.url], coordinator.slots_in_use(instance.url))
-        yield up
-        yield slots
-
-
-class _Scrape:
-    """What one scrape shows: this host's chatsite metrics, then the instances."""
-
-    def __init__(self, site: "Site") -> None:
-        self.sources: list = [InstanceCollector(site)]
-        if multiprocess():
-            merged = CollectorRegistry(auto_describe=True)
-            MultiProcessCollector(merged)
-            self.sources.insert(0, merged)
-        else:
-            self.sources.insert(0, REGISTRY)
-
-    def collect(self) -> Iterator[Metric]:
-        for source in self.sources:
-            yield from source.collect()
-
-
-def scrape(site: "Site") -> bytes:
-    """Render every metric in Prometheus' text format (this process's changes written first)."""
-    PENDING.flush()
-    return generate_latest(_Scrape(site))  # type: ignore[arg-type]

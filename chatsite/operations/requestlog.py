@@ -15,10 +15,7 @@ import re
 import secrets
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ..llm.pool import Slot
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +77,12 @@ class RequestRecord:
         self.streaming = False
         self.written = False
 
-    def note_slot(self, slot: "Slot") -> None:
+    def note_slot(self, model: str, instance: str, waited: float) -> None:
         """Remember the model, the instance and the wait of a streamed answer."""
         self.streaming = True
-        self.model = slot.model
-        self.instance = slot.instance.url
-        self.queue_wait = round(slot.waited, 4)
+        self.model = model
+        self.instance = instance
+        self.queue_wait = round(waited, 4)
 
     def stream_ended(self, tokens: int, complete: bool) -> None:
         """The stream is over, whole or cut short: its request is done."""

@@ -117,7 +117,7 @@ class StreamedReply:
     def admitted(self) -> None:
         """Take over the slot and stream the admission opened."""
         self.slot, self.upstream = self.admission.slot, self.admission.upstream
-        self.watch.relaying(self.slot)
+        self.watch.relaying(self.slot.instance.url, self.slot.waited)
 
     def wait_here(self, steps: Generator[int, None, None]) -> None:
         """Wait in line before the response starts (no `queue_updates`)."""
