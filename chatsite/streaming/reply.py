@@ -121,14 +121,10 @@ class StreamedReply:
 
     def wait_here(self, steps: Generator[int, None, None]) -> None:
         """Wait in line before the response starts (no `queue_updates`)."""
-        for _position in steps:
-            if self.stopped:
-                steps.close()
-                return
-            if self.client_gone():
-                steps.close()
-                raise ClientGone()
-        self.admitted()
+        for _position in self._places(steps):
+            pass
+        if not self.stopped:
+            self.admitted()
 
     def wait_in_stream(self, steps: Generator[int, None, None], position: int) -> None:
         """Wait in line inside the stream, reporting the place (`queue_updates`)."""
@@ -138,6 +134,15 @@ class StreamedReply:
         steps, last = self._queued
         yield queued_line(last)
         sent = time.monotonic()
+        for position in self._places(steps):
+            if position != last or time.monotonic() - sent >= QUEUE_UPDATE_SECONDS:
+                yield queued_line(position)
+                last, sent = position, time.monotonic()
+        if not self.stopped:
+            self.admitted()
+
+    def _places(self, steps: Generator[int, None, None]) -> Iterator[int]:
+        """The request's places in line while it still wants one (ClientGone if it left)."""
         for position in steps:
             if self.stopped:
                 steps.close()
@@ -145,10 +150,7 @@ class StreamedReply:
             if self.client_gone():
                 steps.close()
                 raise ClientGone()
-            if position != last or time.monotonic() - sent >= QUEUE_UPDATE_SECONDS:
-                yield queued_line(position)
-                last, sent = position, time.monotonic()
-        self.admitted()
+            yield position
 
     # -- the stream --
 
