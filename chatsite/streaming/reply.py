@@ -28,7 +28,7 @@ NDJSON = "application/x-ndjson"
 
 def ndjson_line(payload: dict) -> bytes:
     """Encode one stream line."""
-    return orjson.dumps(payload) + b"\n"
+    return orjson.dumps(payload, option=orjson.OPT_APPEND_NEWLINE)
 
 
 NOT_SAVED = "the reply could not be saved to the chat"
