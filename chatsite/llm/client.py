@@ -103,12 +103,20 @@ class InstanceStream:
         self.watchdog = ReadWatchdog(read_timeout, lambda: sock.shutdown(socket.SHUT_RDWR))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Yield parsed lines up to the one marked done, then read the body to its end.
+        """Yield parsed lines up to the one marked done, then read the body to its end."""
+        for batch in self.batches():
+            yield from batch
 
-        A body read to its end lets the connection go back to the pool for the next
-        request; only a stream abandoned part-way has its connection closed. The body is
-        read straight from urllib3 (one chunk of the chunked encoding per read, decoded
-        if the server compressed it), without requests' wrapper around it.
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        """Yield the parsed lines that each read of the body completed, as one list.
+
+        A slow upstream's read holds one line; one that is ahead of us (or a busy worker
+        that is behind) gets many per read, and a relay can then answer them with one write.
+        Lines after the one marked done are not yielded. A body read to its end lets the
+        connection go back to the pool for the next request; only a stream abandoned
+        part-way has its connection closed. The body is read straight from urllib3 (one
+        chunk of the chunked encoding per read, decoded if the server compressed it),
+        without requests' wrapper around it.
         """
         done = False
         buffer = b""
@@ -129,11 +137,19 @@ class InstanceStream:
                     continue
                 buffer = buffer + chunk if buffer else chunk
                 *lines, buffer = buffer.split(b"\n")
+                batch = []
                 for line in lines:
                     if line.strip() and not done:
-                        data = self._parse(line)
+                        try:
+                            data = self._parse(line)
+                        except InstanceError:
+                            if batch:  # the lines before the bad one still go out
+                                yield batch
+                            raise
                         done = data.get("done") is True
-                        yield data
+                        batch.append(data)
+                if batch:
+                    yield batch
                 if len(buffer) > self.max_line:
                     raise InstanceError("chat server sent an oversized line")
         except (urllib3.exceptions.HTTPError, OSError) as error:
@@ -144,7 +160,7 @@ class InstanceStream:
             if watchdog is not None:
                 watchdog.stop()
         if buffer.strip() and not done:
-            yield self._parse(buffer)
+            yield [self._parse(buffer)]
 
     @staticmethod
     def _parse(line: bytes) -> dict[str, Any]:

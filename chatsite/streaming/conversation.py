@@ -103,15 +103,19 @@ class ChatReply(StreamedReply):
         """Stream one upstream answer to the client; return the tool calls it asked for."""
         self.round_pieces = []
         tool_calls: list[dict] = []
-        for line in self.upstream:
-            message = line.get("message") or {}
-            piece = message.get("content")
-            if piece:
-                self.pieces.append(piece)
-                self.round_pieces.append(piece)
-                yield ndjson_line({"status": "ok", "msg": piece, "done": False})
-            if isinstance(message.get("tool_calls"), list):
-                tool_calls.extend(clean_tool_call(call) for call in message["tool_calls"])
+        for batch in self.upstream.batches():
+            out = []  # the lines that came in one read go out in one write
+            for line in batch:
+                message = line.get("message") or {}
+                piece = message.get("content")
+                if piece:
+                    self.pieces.append(piece)
+                    self.round_pieces.append(piece)
+                    out.append(ndjson_line({"status": "ok", "msg": piece, "done": False}))
+                if isinstance(message.get("tool_calls"), list):
+                    tool_calls.extend(clean_tool_call(call) for call in message["tool_calls"])
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         self.upstream.close()
         return tool_calls
 
