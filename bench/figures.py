@@ -130,7 +130,7 @@ class Bench:
     ) -> None:
         self.args = args
         self.started = time.monotonic()
-        self.budget = float(getattr(args, "budget", 270))
+        self.budget = float(getattr(args, "budget", 210))
         self.skipped: list[str] = []
         self.plan = plan
         self.procs = procs

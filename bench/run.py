@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=270,
+        default=210,
         help="seconds after which repetitions beyond the 2nd are skipped",
     )
     args = parser.parse_args(argv)
