@@ -4,6 +4,7 @@
 command line or with GUNICORN_CMD_ARGS.
 """
 
+import json
 import multiprocessing
 import os
 import signal
@@ -20,8 +21,18 @@ timeout = 30
 # Long enough for an answer in progress to finish after SIGTERM.
 graceful_timeout = int(os.environ.get("CHATSITE_GRACEFUL_TIMEOUT", 120))
 keepalive = 5
-# nginx on the same host is the one proxy whose X-Forwarded-* headers count.
-forwarded_allow_ips = "127.0.0.1,::1"
+
+
+def _forwarded_allow_ips() -> str:
+    """CHATSITE_FORWARDED_ALLOW_IPS (a JSON list or comma-separated), as gunicorn wants it."""
+    value = os.environ.get("CHATSITE_FORWARDED_ALLOW_IPS", "127.0.0.1,::1").strip()
+    return ",".join(json.loads(value)) if value.startswith("[") else value
+
+
+# nginx on the same host is the one proxy whose X-Forwarded-* headers count: one hop, and
+# only from these peer addresses (the app applies the same list; anyone else's headers are
+# ignored, so a gunicorn reached directly cannot be told a false client address).
+forwarded_allow_ips = _forwarded_allow_ips()
 os.environ.setdefault("CHATSITE_PROXY_HOPS", "1")
 accesslog = "-"
 errorlog = "-"

@@ -125,6 +125,8 @@ class Chatsite:
                 "CHATSITE_DATABASE_URL": f"sqlite:///{tmpdir / 'bench.db'}",
                 "CHATSITE_CHAT_DIR": str(tmpdir / "chats"),
                 "CHATSITE_LOCK_DIR": str(tmpdir / "locks"),
+                # Figure 2 asks for up to 2,000,000 tokens per stream (num_predict).
+                "CHATSITE_MAX_NUM_PREDICT": "2000000",
             }
         )
         self.env.update(extra_env or {})

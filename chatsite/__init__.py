@@ -4,11 +4,11 @@ import logging
 import os
 from typing import Any
 
-from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
+from flask import Flask, Response
 
 from . import cli, errors
 from .api import cors
+from .api.proxies import TrustedProxyFix, parse_trusted
 from .api.routes import BLUEPRINTS
 from .site import build_site
 from .storage import database
@@ -31,6 +31,12 @@ def _resolve_paths(app: Flask) -> None:
         app.config["JWT_SECRET"] = str(secret)
 
 
+def add_security_headers(response: Response) -> Response:
+    """Every answer is JSON or NDJSON: browsers must never sniff it into something else."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def create_app(
     test_config: dict[str, Any] | None = None, instance_path: str | None = None
 ) -> Flask:
@@ -44,13 +50,15 @@ def create_app(
     _resolve_paths(app)
 
     errors.register_error_handlers(app)
+    app.after_request(add_security_headers)
     database.init_app(app)
     cors.init_app(app)
     cli.init_app(app)
     app.extensions["chatsite"] = build_site(app.config)
     hops = int(app.config["PROXY_HOPS"])
     if hops:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+        trusted = parse_trusted(app.config["FORWARDED_ALLOW_IPS"])
+        app.wsgi_app = TrustedProxyFix(app.wsgi_app, hops, trusted)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app

@@ -89,9 +89,13 @@ class TokenVerifier:
             subject = canonical_uuid(claims["sub"])
         except (TypeError, ValueError, AttributeError):
             raise ApiError(401, "invalid token subject: not a uuid") from None
+        try:
+            # PyJWT compares an integer `exp` exactly: 10**400 passes it, but no float holds it.
+            expires = float(claims["exp"]) + self.leeway
+        except (OverflowError, TypeError, ValueError):
+            raise ApiError(401, "invalid token expiry") from None
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
-        expires = float(claims["exp"]) + self.leeway
         self._verified[token] = (subject, min(expires, now + VERIFIED_CACHE_SECONDS))
         return subject
 

@@ -1,17 +1,32 @@
 """Operator commands: `flask --app chatsite init-db`, `flask --app chatsite issue-token`."""
 
 import click
+import peewee
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
+from .auth import ConfigError
 from .ids import canonical_uuid
 from .site import current_site
+from .storage.chats import count_unsized_chats
+from .storage.database import database_connection
 from .storage.tables import create_tables
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
-    """Create the database tables (safe to run again)."""
-    create_tables()
+    """Create the database tables and add missing columns (safe to run again)."""
+    try:
+        added = create_tables()
+        with database_connection():
+            counted = count_unsized_chats(current_site().transcripts)
+    except peewee.DatabaseError as error:
+        raise click.ClickException(f"cannot set up the database: {error}") from None
+    for column in added:
+        click.echo(f"added column {column}")
+    if counted:
+        click.echo(f"recorded the size of {counted} chats saved before sizes were kept")
     click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
 
 
@@ -24,13 +39,18 @@ def init_db_command() -> None:
     type=click.IntRange(1, 10 * 365 * 86400),
     help="Seconds until the token expires.",
 )
+@with_appcontext
 def issue_token_command(user_uuid: str, expires: int) -> None:
     """Print a JWT for USER_UUID signed with the configured HS secret."""
     try:
         subject = canonical_uuid(user_uuid)
     except ValueError:
         raise click.BadParameter("must be a uuid", param_hint="USER_UUID") from None
-    click.echo(current_site().tokens.issue(subject, expires))
+    try:
+        token = current_site().tokens.issue(subject, expires)
+    except ConfigError as error:  # an RS*/ES* site verifies tokens but holds no key to sign
+        raise click.ClickException(str(error)) from None
+    click.echo(token)
 
 
 def init_app(app: Flask) -> None:

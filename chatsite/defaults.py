@@ -22,10 +22,18 @@ MAX_MESSAGES = 500
 MAX_MESSAGE_CHARS = 100_000
 MAX_PROMPT_CHARS = 200_000
 MAX_CHATS_PER_USER = 10_000
+MAX_STORAGE_PER_USER = 256 * 1024 * 1024  # bytes of chat transcripts per user
+
+# Model options: sampling settings only (chatsite/api/options.py); every answer is bounded.
+MAX_NUM_PREDICT = 4096  # num_predict's upper bound, and what is sent when a client gives none
+ALLOWED_OPTIONS = None  # more options: {"name": [min, max] or None for any value}
 
 # Chat instances (the upstream LLM servers).
 CHAT_INSTANCES = ["http://127.0.0.1:11434"]
 INSTANCE_WAIT_TIMEOUT = 10.0
+MAX_QUEUE = 100  # requests waiting for one model; past it a 503
+QUEUE_RETRY_AFTER = 10  # seconds, in the 503's Retry-After
+STOP_TIMEOUT = 10.0  # seconds /stop waits for the request to end
 INSTANCE_COOLDOWN = 5.0
 UPSTREAM_CONNECT_TIMEOUT = 3.0
 UPSTREAM_READ_TIMEOUT = 120.0
@@ -36,7 +44,9 @@ MODELS_CACHE_SECONDS = 10.0
 # Tools the server runs for the model.
 TOOLS = None  # None: the built-in set
 MAX_TOOL_ROUNDS = 5
-TOOL_TIMEOUT = 5.0
+MAX_TOOL_CALLS_PER_ROUND = 8  # calls past this in one answer are refused, not run
+TOOL_TIMEOUT = 5.0  # seconds a tool may run before its process is killed
+TOOL_PROCESSES = 2  # tool processes per worker; a call waits up to TOOL_TIMEOUT for one
 
 # Who may use what right now (user locks, instance slots): "files" spans the workers of
 # one host; REDIS_URL spans hosts; "local" is one process only.
@@ -47,8 +57,10 @@ LEASE_TTL = 15.0
 LOCK_DIR = None
 USER_LOCK_RETRY_AFTER = 2
 
-# Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1).
+# Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1),
+# and the peer addresses they connect from: a request from any other peer keeps its own.
 PROXY_HOPS = 0
+FORWARDED_ALLOW_IPS = ["127.0.0.1", "::1"]
 
 # Cross-origin front-end dev servers.
 CORS_ORIGINS = []

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .llm.errors import InstanceFailed, InstanceRefused, NoInstanceAvailable, UnknownModel
-from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound
+from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound, ChatStorageFull
 from .storage.users import NO_USER_DATA, NoUserData
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
     InstanceFailed: (500, None),
     ChatNotFound: (404, "chat not found"),
     ChatLimitReached: (400, None),
+    ChatStorageFull: (400, None),
     ChatNotCreated: (500, None),
     NoUserData: (500, NO_USER_DATA),
 }

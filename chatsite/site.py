@@ -29,9 +29,13 @@ class Site:
     tools: ToolRegistry | None  # None or empty: no tools are offered
     tool_timeout: float
     max_tool_rounds: int
+    max_tool_calls: int
     auto_create_users: bool
     max_chats: int
+    max_storage: int  # bytes of transcripts per user
     retry_after: int
+    queue_retry_after: int
+    stop_timeout: float
     _schemas: dict[type, Schema] = field(default_factory=dict)
 
     def schema(self, schema_class: type[Schema]) -> Schema:
@@ -72,13 +76,23 @@ def build_site(config: dict[str, Any]) -> Site:
         transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
         catalog=catalog,
         coordinator=coordinator,
-        pool=InstancePool(catalog, coordinator, float(config["INSTANCE_WAIT_TIMEOUT"]), cooldown),
+        pool=InstancePool(
+            catalog,
+            coordinator,
+            float(config["INSTANCE_WAIT_TIMEOUT"]),
+            cooldown,
+            max_queue=int(config["MAX_QUEUE"]),
+        ),
         tools=registry_from_config(config),
         tool_timeout=float(config["TOOL_TIMEOUT"]),
         max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
+        max_tool_calls=int(config["MAX_TOOL_CALLS_PER_ROUND"]),
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),
         max_chats=int(config["MAX_CHATS_PER_USER"]),
+        max_storage=int(config["MAX_STORAGE_PER_USER"]),
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
+        queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
+        stop_timeout=float(config["STOP_TIMEOUT"]),
     )
 
 

@@ -1,19 +1,21 @@
-"""Fixtures: a real app over a temp instance folder, SQLite or PostgreSQL, and tokens."""
+"""Fixtures: a real app over a temp folder, SQLite or PostgreSQL, Redis, tokens, live servers.
 
+The plain helpers they use (and the tests too) are in tests/helpers.py.
+"""
+
+import gc
 import os
-import time
+import signal
 import uuid
-from urllib.parse import quote
 
-import jwt
 import pytest
+import redis
 from playhouse.db_url import connect as connect_url
 
-from chatsite import create_app
-from chatsite.storage.tables import create_tables
-from tests.servers import need_service
+from chatsite.dev.instance import DevInstance
+from tests.helpers import build_app, new_user, pg_url, sign_token
+from tests.servers import Gunicorn, ThreadedServer, need_service, wait_until
 
-TEST_SECRET = "test-secret-" + "s" * 40
 PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
 
@@ -54,13 +56,24 @@ def pg_schema():
         admin.close()
 
 
-def pg_url(base: str, schema: str, scheme: str | None = None, **params) -> str:
-    """`base` with its tables in `schema`, another scheme (`postgres+pool`) and parameters."""
-    if scheme:
-        base = scheme + base[base.index("://") :]
-    params = {"options": f"-csearch_path={schema}", **params}
-    query = "&".join(f"{key}={quote(str(value))}" for key, value in params.items())
-    return f"{base}{'&' if '?' in base else '?'}{query}"
+@pytest.fixture
+def redis_prefix():
+    """(url, prefix): the test Redis and a key prefix of this test's own, cleaned up."""
+    url = service_url("CHATSITE_TEST_REDIS_URL", REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        client.close()
+        need_service(f"Redis is unreachable: {type(error).__name__}")
+    prefix = f"chatsite-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield url, prefix
+    finally:
+        keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -73,20 +86,10 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def make_app(tmp_path, database_url):
-    """Build an app over a temp instance folder with extra config."""
+    """Build an app over a temp folder with extra config; its tables created unless told."""
 
-    def build(**config):
-        settings = {
-            "TESTING": True,
-            "JWT_SECRET": TEST_SECRET,
-            "DATABASE_URL": database_url,
-            "CHAT_DIR": str(tmp_path / "chats"),
-            "CHAT_INSTANCES": [],
-        }
-        settings.update(config)
-        app = create_app(settings, instance_path=str(tmp_path / "instance"))
-        create_tables()
-        return app
+    def build(tables=True, **config):
+        return build_app(tmp_path, database_url, tables=tables, **config)
 
     return build
 
@@ -102,22 +105,20 @@ def client(app):
 
 
 @pytest.fixture
+def runner(app):
+    """Flask's runner for the operator commands (`init-db`, `issue-token`)."""
+    return app.test_cli_runner()
+
+
+@pytest.fixture
 def token_for():
     """Sign a token for a user (a fresh uuid by default) with optional claim changes."""
-
-    def sign(user=None, secret=TEST_SECRET, algorithm="HS256", expires_in=3600, **claims):
-        now = int(time.time())
-        payload = {"sub": user or str(uuid.uuid4()), "iat": now, "exp": now + expires_in}
-        payload.update(claims)
-        payload = {k: v for k, v in payload.items() if v is not None}
-        return jwt.encode(payload, secret, algorithm=algorithm)
-
-    return sign
+    return sign_token
 
 
 @pytest.fixture
 def user():
-    return str(uuid.uuid4())
+    return new_user()
 
 
 @pytest.fixture
@@ -133,8 +134,6 @@ def post(client):
 @pytest.fixture(scope="session")
 def dev_instance():
     """The shipped development chat instance, on a free port, for the whole session."""
-    from chatsite.dev.instance import DevInstance
-
     with DevInstance().start() as instance:
         yield instance
 
@@ -144,16 +143,12 @@ def upstream(dev_instance):
     """The dev instance with fresh counters for this test."""
     dev_instance.reset()
     yield dev_instance
-    from tests.servers import wait_until
-
     wait_until(lambda: dev_instance.stats()["active_streams"] == 0)
 
 
 @pytest.fixture
 def make_live(make_app, upstream):
     """Serve an app (extra config allowed) over real HTTP, in a thread."""
-    from tests.servers import ThreadedServer
-
     servers = []
 
     def serve(**config):
@@ -171,3 +166,29 @@ def make_live(make_app, upstream):
 @pytest.fixture
 def live(make_live):
     return make_live()
+
+
+@pytest.fixture
+def launch(upstream):
+    """Start gunicorn servers for this test; every one is stopped when it ends.
+
+    Depends on `upstream` so that the servers stop before that fixture checks that every
+    upstream stream has ended.
+    """
+    servers: list[Gunicorn] = []
+
+    def start(env: dict, token: str | None, workers: int = 1) -> Gunicorn:
+        server = Gunicorn(env, workers=workers)
+        servers.append(server)
+        return server.start(token)
+
+    yield start
+    # Responses caught in reference cycles keep their keep-alive connections open, and a
+    # gunicorn worker waits for its idle connections (up to `keepalive`) before it exits.
+    gc.collect()
+    # SIGTERM to all at once: each takes a moment to drain, so stop them side by side.
+    for server in servers:
+        if server.process is not None and server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
+    for server in servers:
+        server.__exit__(None, None, None)

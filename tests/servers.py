@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _gunicorn_quiet_args() -> tuple[str, ...]:
     """gunicorn >= 25.1 opens a control socket in $HOME by default: not for test servers."""
-    from importlib.metadata import version
-
     major, minor = (int(part) for part in version("gunicorn").split(".")[:2])
     return ("--no-control-socket",) if (major, minor) >= (25, 1) else ()
 
@@ -83,16 +82,26 @@ def wait_until(predicate, timeout=5.0, step=0.02):
 class Gunicorn:
     """chatsite under gunicorn with gevent workers, configured by CHATSITE_* variables."""
 
-    def __init__(self, env: dict[str, str], workers: int = 1, extra_args=(), port=None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        workers: int = 1,
+        extra_args=(),
+        port=None,
+        python: str = sys.executable,
+        root: Path = ROOT,
+    ):
+        """`python` and `root`: another install's interpreter and checkout (the install test)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
+        self.root = root
         self.args = [
-            sys.executable,
+            python,
             "-m",
             "gunicorn",
             "-c",
-            str(ROOT / "gunicorn.conf.py"),
+            str(root / "gunicorn.conf.py"),
             "-w",
             str(workers),
             "-b",
@@ -112,7 +121,7 @@ class Gunicorn:
         # Logs go to a file, never to an unread pipe: a full pipe would block the server.
         self.log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by __exit__
         self.process = subprocess.Popen(
-            self.args, cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT
+            self.args, cwd=self.root, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT
         )
         try:
             self.wait_ready(token, timeout)

@@ -1,26 +1,28 @@
 """Sign-in: every bad token is a 401, whatever else the body holds."""
 
+import datetime
+import hashlib
+import hmac
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from types import SimpleNamespace
 
 import jwt
+import jwt.api_jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import RSAAlgorithm
 
+import chatsite.auth
+from chatsite import create_app
 from chatsite.auth import ConfigError, TokenVerifier
 from chatsite.defaults import JWT_ALGORITHMS
-from tests.conftest import TEST_SECRET
-
-
-def rsa_keys():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public.decode()
+from chatsite.dev.ports import free_port
+from tests.helpers import TEST_SECRET, rsa_keys, sign_token
 
 
 def test_valid_token_is_accepted(post, token_for, user):
@@ -89,11 +91,10 @@ def test_rs256_with_public_key(make_app, user):
     client = make_app(
         JWT_ALGORITHMS=["RS256"], JWT_PUBLIC_KEY=public, JWT_SECRET=None
     ).test_client()
-    claims = {"sub": user, "exp": int(time.time()) + 60}
-    good = jwt.encode(claims, private, algorithm="RS256")
+    good = sign_token(user, private, "RS256", expires_in=60)
     assert client.post("/settings", json={"token": good}).status_code == 200
     other_private, _ = rsa_keys()
-    forged = jwt.encode(claims, other_private, algorithm="RS256")
+    forged = sign_token(user, other_private, "RS256", expires_in=60)
     assert client.post("/settings", json={"token": forged}).status_code == 401
 
 
@@ -107,9 +108,6 @@ def test_public_key_used_as_hmac_secret_is_rejected(make_app, user):
     payload = jwt.utils.base64url_encode(
         f'{{"sub":"{user}","exp":{int(time.time()) + 60}}}'.encode()
     )
-    import hashlib
-    import hmac
-
     signing_input = header + b"." + payload
     signature = hmac.new(public.encode(), signing_input, hashlib.sha256).digest()
     token = (signing_input + b"." + jwt.utils.base64url_encode(signature)).decode()
@@ -126,7 +124,7 @@ def test_es256_with_public_key(make_app, user):
     client = make_app(
         JWT_ALGORITHMS=["ES256"], JWT_PUBLIC_KEY=public, JWT_SECRET=None
     ).test_client()
-    token = jwt.encode({"sub": user, "exp": int(time.time()) + 60}, key, algorithm="ES256")
+    token = sign_token(user, key, "ES256", expires_in=60)
     assert client.post("/settings", json={"token": token}).status_code == 200
 
 
@@ -149,20 +147,12 @@ def test_unsafe_configuration_refuses_to_start(config, message):
 
 
 def test_app_refuses_to_start_without_secret(tmp_path):
-    from chatsite import create_app
-
     with pytest.raises(ConfigError):
         create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}, instance_path=str(tmp_path))
 
 
 def test_jwks_url_keys_are_fetched_and_used(make_app, user):
     """RS256 keys from a JWKS endpoint (a real local HTTP server), cached by PyJWKClient."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    from jwt.algorithms import RSAAlgorithm
-
     private, public = rsa_keys()
     jwk = json.loads(RSAAlgorithm.to_jwk(serialization.load_pem_public_key(public.encode())))
     jwk.update({"kid": "key-1", "use": "sig", "alg": "RS256"})
@@ -186,38 +176,50 @@ def test_jwks_url_keys_are_fetched_and_used(make_app, user):
     try:
         url = f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
         client = make_app(JWT_ALGORITHMS=["RS256"], JWT_JWKS_URL=url, JWT_SECRET=None).test_client()
-        claims = {"sub": user, "exp": int(time.time()) + 60}
-        good = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "key-1"})
+        good = sign_token(user, private, "RS256", expires_in=60, headers={"kid": "key-1"})
         for _ in range(3):
             assert client.post("/settings", json={"token": good}).status_code == 200
         assert len(hits) == 1  # cached
-        unknown_kid = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "other"})
+        unknown_kid = sign_token(user, private, "RS256", expires_in=60, headers={"kid": "other"})
         assert client.post("/settings", json={"token": unknown_kid}).status_code == 401
     finally:
         server.shutdown()
         server.server_close()
 
 
-def test_remembered_token_still_expires(make_app, token_for, user):
+def test_remembered_token_still_expires(make_app, token_for, user, monkeypatch):
     """Verified tokens are cached briefly, but never past their `exp`."""
     client = make_app(JWT_LEEWAY=0).test_client()
     token = token_for(user, expires_in=2)
     assert client.post("/settings", json={"token": token}).status_code == 200
     assert client.post("/settings", json={"token": token}).status_code == 200  # from the cache
-    time.sleep(2.1)
+
+    # Three seconds later, for the verifier's cache and for PyJWT's claim checks alike.
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime.now(tz) + datetime.timedelta(seconds=3)
+
+    monkeypatch.setattr(chatsite.auth, "time", SimpleNamespace(time=lambda: time.time() + 3))
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
     response = client.post("/settings", json={"token": token})
     assert response.status_code == 401
     assert response.json["msg"] == "token expired"
 
 
 def test_unreachable_jwks_is_503_not_401(make_app, user):
-    from tests.servers import free_port
-
     url = f"http://127.0.0.1:{free_port()}/jwks.json"
     client = make_app(JWT_ALGORITHMS=["RS256"], JWT_JWKS_URL=url, JWT_SECRET=None).test_client()
     private, _ = rsa_keys()
-    claims = {"sub": user, "exp": int(time.time()) + 60}
-    token = jwt.encode(claims, private, algorithm="RS256", headers={"kid": "key-1"})
+    token = sign_token(user, private, "RS256", expires_in=60, headers={"kid": "key-1"})
     response = client.post("/settings", json={"token": token})
     assert response.status_code == 503
     assert response.json["status"] == "error"
+
+
+@pytest.mark.parametrize("exp", [10**400, -(10**400)])
+def test_an_expiry_no_float_can_hold_is_401(live, token_for, exp):
+    """Signed, so PyJWT accepts 10**400 as far in the future; chatsite must still say 401."""
+    response = requests.post(f"{live.url}/settings", json={"token": token_for(exp=exp)})
+    assert response.status_code == 401
+    assert response.json()["status"] == "error"

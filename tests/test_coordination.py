@@ -8,44 +8,26 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
-from pathlib import Path
 
 import gevent
 import pytest
 import redis
 
 from chatsite.coordination import FileCoordinator, LocalCoordinator, RedisCoordinator, instance_key
+from tests.helpers import new_user
+from tests.servers import ROOT, wait_until
 
-REDIS_URL = os.environ.get("CHATSITE_TEST_REDIS_URL")
-ROOT = Path(__file__).resolve().parent.parent
 URL = "http://chat-1.internal:8000/v1"
 OTHER_URL = "http://chat-2.internal:8000/v1"
-
-
-def new_user() -> str:
-    return str(uuid.uuid4())
-
-
-@pytest.fixture
-def redis_prefix():
-    """A prefix of this test alone; its keys are deleted afterwards."""
-    if not REDIS_URL:
-        pytest.skip("CHATSITE_TEST_REDIS_URL is not set")
-    prefix = f"chatsite-test-{uuid.uuid4().hex}"
-    yield prefix
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+HANG_GUARD = 10  # seconds: a wait that never returns fails the test instead of hanging it
 
 
 @pytest.fixture
 def raw(redis_prefix):
     """A plain client for looking at (and tampering with) the keys."""
-    client = redis.Redis.from_url(REDIS_URL)
+    url, _ = redis_prefix
+    client = redis.Redis.from_url(url)
     yield client
     client.close()
 
@@ -53,10 +35,11 @@ def raw(redis_prefix):
 @pytest.fixture
 def make_redis(redis_prefix):
     """Build RedisCoordinators on this test's prefix; close them all afterwards."""
+    url, prefix = redis_prefix
     made = []
 
     def make(ttl: float = 15.0) -> RedisCoordinator:
-        made.append(RedisCoordinator(REDIS_URL, prefix=redis_prefix, ttl=ttl))
+        made.append(RedisCoordinator(url, prefix=prefix, ttl=ttl))
         return made[-1]
 
     yield make
@@ -162,11 +145,113 @@ def test_racing_threads_get_exactly_capacity(coordinator):
 
 @pytest.mark.parametrize("timeout", [0.0, 0.02, 0.2])
 def test_wait_for_release_returns_within_timeout(coordinator, timeout):
+    """With the slot still held, the wait returns anyway: the caller's own deadline decides."""
     held = coordinator.try_acquire_slot(URL, 1)
-    started = time.monotonic()
-    coordinator.wait_for_release(timeout)
-    assert time.monotonic() - started < timeout + 0.1
+    waiter = threading.Thread(target=coordinator.wait_for_release, args=(timeout,), daemon=True)
+    waiter.start()
+    waiter.join(HANG_GUARD)
+    assert not waiter.is_alive()
+    assert coordinator.try_acquire_slot(URL, 1) is None  # nothing was released meanwhile
     held.release()
+
+
+# -- the lines and stop requests --
+
+
+def test_the_line_is_first_come_first_served(coordinator):
+    tickets = [coordinator.join_queue("echo:latest", 3) for _ in range(3)]
+    assert [t.position() for t in tickets] == [1, 2, 3]
+    assert coordinator.waiting("echo:latest") == 3
+    assert coordinator.join_queue("echo:latest", 3) is None  # full
+    other = coordinator.join_queue("coder:latest", 3)  # every model has its own line
+    assert other.position() == 1
+    tickets[1].leave()
+    tickets[1].leave()  # idempotent
+    assert [tickets[0].position(), tickets[2].position()] == [1, 2]
+    tickets[0].leave()
+    assert tickets[2].position() == 1
+    for ticket in (tickets[2], other):
+        ticket.leave()
+    assert coordinator.waiting("echo:latest") == 0
+
+
+def test_leaving_and_releasing_wake_the_waiters(coordinator):
+    """A wait of 30 s ends when the one ahead leaves, and again when a slot is freed."""
+    first, second = (coordinator.join_queue("echo:latest", 10) for _ in range(2))
+    held = coordinator.try_acquire_slot(URL, 1)
+    for wake in (first.leave, held.release):
+        waiter = threading.Thread(target=second.wait, args=(30,))
+        waiter.start()
+        wake()
+        waiter.join(HANG_GUARD)
+        assert not waiter.is_alive()
+    second.leave()
+
+
+def test_stop_reaches_the_request_that_watches(coordinator):
+    user, other = new_user(), new_user()
+    stopped: list[str] = []
+    watch = coordinator.watch_stop(user, lambda: stopped.append(user))
+    coordinator.watch_stop(other, lambda: stopped.append(other))
+    coordinator.request_stop(user)
+    assert wait_until(lambda: stopped == [user])
+    watch.release()
+    coordinator.request_stop(user)  # nobody watches any more: nothing happens
+    coordinator.request_stop(other)  # delivered in order: after the one before
+    assert wait_until(lambda: stopped == [user, other])
+
+
+def test_user_busy_follows_the_lock(coordinator):
+    user = new_user()
+    assert not coordinator.user_busy(user)
+    lease = coordinator.try_lock_user(user)
+    assert coordinator.user_busy(user)
+    lease.release()
+    assert not coordinator.user_busy(user)
+
+
+WAITER = textwrap.dedent(
+    """
+    import sys, time
+    from chatsite.coordination import FileCoordinator, RedisCoordinator
+    kind, where, prefix = sys.argv[1:4]
+    if kind == "files":
+        coordinator = FileCoordinator(where)
+    else:
+        coordinator = RedisCoordinator(where, prefix=prefix)
+    ticket = coordinator.join_queue("echo:latest", 10)
+    print(ticket.position(), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["files", "redis"])
+def test_a_killed_waiter_leaves_no_ghost(kind, tmp_path, request):
+    if kind == "files":
+        where, prefix = str(tmp_path / "locks"), ""
+        coordinator = FileCoordinator(where)
+    else:
+        where, prefix = request.getfixturevalue("redis_prefix")
+        coordinator = request.getfixturevalue("make_redis")()
+    child = subprocess.Popen(
+        [sys.executable, "-c", WAITER, kind, where, prefix],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "1"
+        mine = coordinator.join_queue("echo:latest", 10)
+        assert mine.position() == 2
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+        assert wait_until(lambda: mine.position() == 1, timeout=10)
+        mine.leave()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
 
 
 # -- FileCoordinator --
@@ -223,15 +308,19 @@ def test_greenlets_exclude_each_other(tmp_path):
     coordinator = FileCoordinator(str(tmp_path / "locks"))
     user = new_user()
     seen = []
+    taken, tried = gevent.event.Event(), gevent.event.Event()
 
     def holder() -> None:
         lease = coordinator.try_lock_user(user)
         seen.append(lease is not None)
-        gevent.sleep(0.05)
+        taken.set()
+        tried.wait()
         lease.release()
 
     def contender() -> None:
+        taken.wait()
         seen.append(coordinator.try_lock_user(user))
+        tried.set()
 
     gevent.joinall([gevent.spawn(holder), gevent.spawn(contender)], raise_error=True)
     assert seen == [True, None]
@@ -295,23 +384,24 @@ def test_redis_error_on_acquire_raises():
 
 
 def test_redis_keys_are_namespaced(make_redis, raw, redis_prefix):
+    _, prefix = redis_prefix
     coordinator = make_redis()
     user = new_user()
     lease = coordinator.try_lock_user(user)
     slot = coordinator.try_acquire_slot(URL, 2)
-    keys = {key.decode() for key in raw.scan_iter(match=f"{redis_prefix}:*")}
-    assert f"{redis_prefix}:user:{user}" in keys
-    assert any(key.startswith(f"{redis_prefix}:slot:") for key in keys)
-    assert 0 < raw.pttl(f"{redis_prefix}:user:{user}") <= 15000
+    keys = {key.decode() for key in raw.scan_iter(match=f"{prefix}:*")}
+    assert f"{prefix}:user:{user}" in keys
+    assert any(key.startswith(f"{prefix}:slot:") for key in keys)
+    assert 0 < raw.pttl(f"{prefix}:user:{user}") <= 15000
     with pytest.raises(ValueError):
         coordinator.try_lock_user("../not-a-uuid")
     assert make_redis().slots_in_use(URL) == 1  # a worker that never acquired still counts
     lease.release()
     slot.release()
-    assert not raw.exists(f"{redis_prefix}:user:{user}")
+    assert not raw.exists(f"{prefix}:user:{user}")
 
 
-def test_redis_release_spares_a_stolen_key(make_redis, raw, redis_prefix):
+def test_redis_release_spares_a_stolen_key(make_redis, raw):
     coordinator = make_redis()
     user = new_user()
     lease = coordinator.try_lock_user(user)
@@ -330,8 +420,7 @@ def test_redis_lost_lease_is_reported(make_redis, raw, caplog):
     lease = coordinator.try_lock_user(new_user())
     raw.set(lease.key, "someone-else")
     with caplog.at_level(logging.WARNING, logger="chatsite.coordination.redis"):
-        time.sleep(0.25)
-    assert any("lost" in record.getMessage() for record in caplog.records)
+        assert wait_until(lambda: any("lost" in r.getMessage() for r in caplog.records))
     lease.release()
     assert raw.get(lease.key) == b"someone-else"
 
@@ -341,7 +430,12 @@ def test_redis_renewal_keeps_a_lease_alive(make_redis, raw):
     user = new_user()
     lease = coordinator.try_lock_user(user)
     slot = coordinator.try_acquire_slot(URL, 1)
-    time.sleep(1.5)
+    # A lease of the same ttl taken later and never renewed: once it is gone, ours has
+    # outlived its own ttl.
+    unrenewed = make_redis(ttl=0.5)
+    marker = unrenewed.try_lock_user(new_user())
+    unrenewed.close()
+    assert wait_until(lambda: not raw.exists(marker.key))
     assert raw.get(lease.key) == lease.token.encode()
     assert raw.get(slot.key) == slot.token.encode()
     assert coordinator.try_lock_user(user) is None
@@ -362,16 +456,13 @@ def test_redis_leases_of_a_crashed_host_expire(make_redis, raw):
     assert 0 < raw.pttl(lease.key) <= 500
     survivor = make_redis(ttl=0.5)
     assert survivor.try_lock_user(user) is None
-    time.sleep(0.55)
-    assert not raw.exists(lease.key, slot.key)
+    assert wait_until(lambda: not raw.exists(lease.key, slot.key))
     assert survivor.try_lock_user(user) is not None
     assert survivor.try_acquire_slot(URL, 1) is not None
 
 
 def test_file_slots_reuse_what_this_process_released(tmp_path):
     """A released slot is tried first: no new slot files while load stays the same."""
-    from chatsite.coordination import FileCoordinator
-
     coordinator = FileCoordinator(tmp_path)
     for _ in range(50):
         lease = coordinator.try_acquire_slot("http://gpu:11434", 5000)

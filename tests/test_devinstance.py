@@ -1,28 +1,24 @@
-"""The dev instance speaks Ollama's HTTP API with deterministic models; check it over real HTTP."""
+"""The dev instance speaks Ollama's HTTP API with deterministic models; check it over real HTTP.
+
+`dev` is the session's dev instance (conftest's `upstream`), its counters fresh for each test.
+"""
 
 import json
 import socket
-import time
 
 import pytest
 import requests
 
-from chatsite.dev.instance import MAX_BODY, DevInstance, parse_tool_calls
+from chatsite.dev.instance import MAX_BODY, parse_tool_calls
+from tests.helpers import NDJSON, messages, ndjson
 from tests.servers import wait_until
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
 
 
-@pytest.fixture(scope="module")
-def instance():
-    with DevInstance() as inst:
-        yield inst
-
-
 @pytest.fixture
-def dev(instance):
-    instance.reset()
-    return instance
+def dev(upstream):
+    return upstream
 
 
 def send(dev, path, body, **kwargs):
@@ -32,21 +28,17 @@ def send(dev, path, body, **kwargs):
 def stream_lines(dev, path, body):
     with send(dev, path, body, stream=True) as resp:
         assert resp.status_code == 200
-        assert resp.headers["Content-Type"] == "application/x-ndjson"
+        assert resp.headers["Content-Type"] == NDJSON
         assert resp.headers["Transfer-Encoding"] == "chunked"
-        return [json.loads(line) for line in resp.iter_lines() if line]
+        return list(ndjson(resp.iter_lines()))
 
 
 def chat_text(lines):
     return "".join(line["message"]["content"] for line in lines if "message" in line)
 
 
-def chat(dev, model, messages, **extra):
-    return stream_lines(dev, "/api/chat", {"model": model, "messages": messages, **extra})
-
-
-def ask(text):
-    return [{"role": "user", "content": text}]
+def chat(dev, model, conversation, **extra):
+    return stream_lines(dev, "/api/chat", {"model": model, "messages": conversation, **extra})
 
 
 def test_root_and_version(dev):
@@ -91,17 +83,35 @@ def test_show_capabilities(dev, body, caps):
     assert data["modified_at"]
 
 
+def test_ps_lists_the_models_used_recently(dev):
+    """Like Ollama's /api/ps: a model is loaded once used, most recent first; reset unloads."""
+
+    def loaded():
+        return [m["name"] for m in requests.get(dev.url + "/api/ps", timeout=5).json()["models"]]
+
+    assert loaded() == []
+    chat(dev, "echo", messages("hi"))
+    send(dev, "/api/generate", {"model": "coder", "prompt": "x", "stream": False})
+    assert loaded() == ["coder:latest", "echo:latest"]
+    entry = requests.get(dev.url + "/api/ps", timeout=5).json()["models"][0]
+    assert entry["expires_at"].endswith("Z") and entry["size_vram"] == entry["size"]
+    dev.load("slow")
+    assert loaded()[0] == "slow:latest"
+    dev.reset()
+    assert loaded() == []
+
+
 def test_unknown_models_404(dev):
     resp = send(dev, "/api/show", {"model": "nope"})
     assert resp.status_code == 404 and resp.json() == {"error": "model 'nope' not found"}
-    resp = send(dev, "/api/chat", {"model": "nope", "messages": ask("hi")})
+    resp = send(dev, "/api/chat", {"model": "nope", "messages": messages("hi")})
     assert resp.status_code == 404
     assert resp.json() == {"error": 'model "nope" not found, try pulling it first'}
     assert send(dev, "/api/generate", {"model": "echo:v2", "prompt": "x"}).status_code == 404
 
 
 def test_chat_echo_streams_words(dev):
-    lines = chat(dev, "echo", ask("hello  big\nworld "))
+    lines = chat(dev, "echo", messages("hello  big\nworld "))
     pieces = [line["message"]["content"] for line in lines[:-1]]
     assert pieces == ["You ", "said: ", "hello  ", "big\n", "world "]
     assert all(not line["done"] and line["model"] == "echo:latest" for line in lines[:-1])
@@ -115,14 +125,9 @@ def test_chat_echo_streams_words(dev):
 
 
 def test_chat_system_prompt_prefix_and_last_user_message(dev):
-    messages = [
-        {"role": "system", "content": "be brief"},
-        *ask("first"),
-        {"role": "assistant", "content": "ok"},
-        *ask("second"),
-    ]
-    assert chat_text(chat(dev, "echo:latest", messages)) == "[be brief] You said: second"
-    assert chat_text(chat(dev, "thinker", ask("hm"))) == "You said: hm"
+    conversation = [{"role": "system", "content": "be brief"}, *messages("first", "ok", "second")]
+    assert chat_text(chat(dev, "echo:latest", conversation)) == "[be brief] You said: second"
+    assert chat_text(chat(dev, "thinker", messages("hm"))) == "You said: hm"
 
 
 def test_generate_echo_and_system(dev):
@@ -157,7 +162,7 @@ def test_suffix_needs_insert_capability(dev):
 
 def test_tooler_emits_tool_calls(dev):
     text = 'please call get_weather {"city": "Paris", "opts": {"unit": "C"}} and call now'
-    lines = chat(dev, "tooler", ask(text), tools=TOOLS)
+    lines = chat(dev, "tooler", messages(text), tools=TOOLS)
     assert len(lines) == 2 and lines[0]["done"] is False and lines[1]["done"] is True
     message = lines[0]["message"]
     assert message["role"] == "assistant" and message["content"] == ""
@@ -173,21 +178,24 @@ def test_tooler_emits_tool_calls(dev):
 
 
 def test_tooler_without_tools_offered_echoes(dev):
-    assert chat_text(chat(dev, "tooler", ask("call x"))) == "You said: call x"
+    assert chat_text(chat(dev, "tooler", messages("call x"))) == "You said: call x"
 
 
 def test_tooler_answers_tool_messages(dev):
-    messages = [
-        *ask("call a and call b"),
+    conversation = [
+        *messages("call a and call b"),
         {"role": "assistant", "content": "", "tool_calls": []},
         {"role": "tool", "tool_name": "a", "content": "1"},
         {"role": "tool", "content": "2"},
     ]
-    assert chat_text(chat(dev, "tooler", messages, tools=TOOLS)) == "Tool a said: 1; Tool ? said: 2"
+    assert (
+        chat_text(chat(dev, "tooler", conversation, tools=TOOLS))
+        == "Tool a said: 1; Tool ? said: 2"
+    )
 
 
 def test_tools_need_tools_capability(dev):
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": ask("call x"), "tools": TOOLS})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("call x"), "tools": TOOLS})
     assert resp.status_code == 400
     error = "registry.ollama.ai/library/echo:latest does not support tools"
     assert resp.json() == {"error": error}
@@ -201,7 +209,7 @@ def test_parse_tool_calls_ignores_calls_inside_arguments():
 
 
 def test_broken_model_errors_after_three_pieces(dev):
-    lines = chat(dev, "broken", ask("x"))
+    lines = chat(dev, "broken", messages("x"))
     assert [line["message"]["content"] for line in lines[:3]] == ["You ", "said: ", "x"]
     assert lines[3:] == [{"error": "model runner crashed"}]
     lines = stream_lines(dev, "/api/generate", {"model": "broken", "prompt": "hi"})
@@ -211,13 +219,15 @@ def test_broken_model_errors_after_three_pieces(dev):
 
 
 def test_dev_repeat_makes_long_streams(dev):
-    lines = chat(dev, "echo", ask("ab"), options={"dev_repeat": 3, "temperature": 0.2, "seed": 1})
+    lines = chat(
+        dev, "echo", messages("ab"), options={"dev_repeat": 3, "temperature": 0.2, "seed": 1}
+    )
     assert chat_text(lines) == "You said: ab" * 3
     assert lines[-1]["eval_count"] == len(lines) - 1
 
 
 def test_stream_false_returns_one_object(dev):
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": ask("hi"), "stream": False})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("hi"), "stream": False})
     assert resp.status_code == 200 and "Content-Length" in resp.headers
     data = resp.json()
     assert data["message"] == {"role": "assistant", "content": "You said: hi"}
@@ -227,33 +237,46 @@ def test_stream_false_returns_one_object(dev):
     data = send(
         dev,
         "/api/chat",
-        {"model": "tooler", "messages": ask('call f {"a": 1}'), "tools": TOOLS, "stream": False},
+        {
+            "model": "tooler",
+            "messages": messages('call f {"a": 1}'),
+            "tools": TOOLS,
+            "stream": False,
+        },
     ).json()
     assert data["message"]["tool_calls"] == [{"function": {"name": "f", "arguments": {"a": 1}}}]
 
 
 def test_token_delay_option(dev):
-    started = time.monotonic()
-    chat(dev, "echo", ask("a b"), options={"dev_token_delay": 0.05})
-    assert time.monotonic() - started >= 0.2  # four tokens
+    body = {"model": "echo", "messages": messages("a b"), "options": {"dev_token_delay": 0.05}}
+    with send(dev, "/api/chat", body, stream=True) as resp:
+        lines = ndjson(resp.iter_lines())
+        first = next(lines)
+        # Without a delay echo sends its four tokens at once; with one, three are still to come.
+        stats = dev.stats()
+        assert stats["active_streams"] == 1 and stats["completed_streams"] == 0
+        rest = list(lines)
+    assert chat_text([first, *rest]) == "You said: a b"
+    assert len(rest) == 4 and rest[-1]["done"] is True
+    assert wait_until(lambda: dev.stats()["completed_streams"] == 1)
 
 
 def test_client_disconnect_is_detected(dev):
     body = {
         "model": "slow",
-        "messages": ask("tick tock"),
+        "messages": messages("tick tock"),
         "options": {"dev_token_delay": 0.05, "dev_repeat": 50},
     }
     resp = send(dev, "/api/chat", body, stream=True)
     assert json.loads(next(resp.iter_lines()))["done"] is False
     resp.close()
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+
+    def gone():
         stats = dev.stats()
-        if stats["disconnected_streams"] == 1 and stats["active_streams"] == 0:
-            break
-        time.sleep(0.05)
-    assert stats["disconnected_streams"] == 1 and stats["active_streams"] == 0
+        return stats["disconnected_streams"] == 1 and stats["active_streams"] == 0
+
+    assert wait_until(gone)
+    stats = dev.stats()
     assert stats["completed_streams"] == 0
     assert requests.get(dev.url + "/dev/stats", timeout=5).json() == dev.stats()
 
@@ -310,7 +333,7 @@ def test_bad_requests_get_400(dev, path, data):
 
 
 def test_keep_alive_and_chunk_framing(dev):
-    body = json.dumps({"model": "echo", "messages": ask("hi")}).encode()
+    body = json.dumps({"model": "echo", "messages": messages("hi")}).encode()
     request = (
         b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
@@ -325,3 +348,38 @@ def test_keep_alive_and_chunk_framing(dev):
     first, second = data.split(b"0\r\n\r\n", 1)
     assert b"Transfer-Encoding: chunked" in first and b'"done": true' in first
     assert second.startswith(b"HTTP/1.1 200 ")
+
+
+def test_thinker_thinks_before_it_answers_unless_told_not_to(dev):
+    lines = chat(dev, "thinker", messages("hm"))
+    thinking = [line["message"].get("thinking", "") for line in lines if "message" in line]
+    assert "".join(thinking) == "The user wrote 'hm'; I will echo it. "
+    first_text = next(i for i, line in enumerate(lines) if line["message"]["content"])
+    assert all(not t for t in thinking[first_text:])
+    assert chat_text(lines) == "You said: hm"
+    lines = chat(dev, "thinker", messages("hm"), think=False)
+    assert not any(line["message"].get("thinking") for line in lines)
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x"), "think": True})
+    assert resp.status_code == 400
+    assert resp.json() == {
+        "error": '"registry.ollama.ai/library/echo:latest" does not support thinking'
+    }
+
+
+def test_misbehave_endpoint(dev):
+    assert send(dev, "/dev/misbehave", {"tags": [1, 2, 3], "show": "x"}).status_code == 200
+    assert requests.get(dev.url + "/api/tags", timeout=5).json() == [1, 2, 3]
+    assert send(dev, "/api/show", {"model": "echo"}).json() == "x"
+    assert send(dev, "/dev/misbehave", {"skip_done": True}).status_code == 200
+    assert not any(line.get("done") for line in chat(dev, "echo", messages("x")))
+    assert requests.get(dev.url + "/api/tags", timeout=5).json()["models"]  # replaced
+    for bad in ({"nonsense": 1}, {"linger": -1}, {"linger": "x"}, {"skip_done": 1}):
+        assert send(dev, "/dev/misbehave", bad).status_code == 400
+    send(dev, "/dev/reset", {})
+    assert chat(dev, "echo", messages("x"))[-1]["done"] is True
+
+
+def test_fail_injection_with_an_error_text(dev):
+    send(dev, "/dev/fail", {"status": 500, "count": 1, "error": "disk on fire"})
+    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x")})
+    assert (resp.status_code, resp.json()) == (500, {"error": "disk on fire"})

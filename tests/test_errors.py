@@ -1,6 +1,10 @@
 """Bodies that are not what they should be get a clear 4xx, never a traceback."""
 
+import json
+import uuid
+
 import pytest
+import requests
 
 
 @pytest.mark.parametrize(
@@ -23,8 +27,6 @@ def test_unparseable_bodies_are_400(client, data, content_type):
 
 @pytest.mark.parametrize("body", [[1, 2], "token", 5, None, True])
 def test_non_object_bodies_are_400(client, body):
-    import json
-
     response = client.post("/settings", data=json.dumps(body), content_type="application/json")
     assert response.status_code == 400
     assert response.json["msg"] == "body must be a JSON object"
@@ -66,8 +68,55 @@ def test_unexpected_errors_hide_internals(app, client, token_for, monkeypatch, c
 
 def test_text_plain_json_is_accepted(client, token_for):
     """Front ends may send text/plain to avoid a CORS preflight."""
-    import json
-
     body = json.dumps({"token": token_for()})
     response = client.post("/settings", data=body, content_type="text/plain")
     assert response.status_code == 200
+
+
+def padded_body(token: str, size: int) -> bytes:
+    """A valid JSON body of exactly `size` bytes (trailing spaces are JSON whitespace)."""
+    body = json.dumps({"token": token}).encode()
+    return body + b" " * (size - len(body))
+
+
+def chunked(data: bytes, piece: int = 65536):
+    """Send `data` with Transfer-Encoding: chunked (requests does so for a generator)."""
+    for start in range(0, len(data), piece):
+        yield data[start : start + piece]
+
+
+def test_chunked_bodies_past_the_limit_are_413(live, token_for):
+    """Under the dev server: no Content-Length, yet the same limit and the same 413."""
+    token, limit = token_for(), 1024 * 1024
+    for size in (limit - 1, limit):
+        response = requests.post(f"{live.url}/settings", data=chunked(padded_body(token, size)))
+        assert response.status_code == 200, size
+    for size in (limit + 1, 3 * limit):
+        response = requests.post(f"{live.url}/settings", data=chunked(padded_body(token, size)))
+        assert response.status_code == 413, size
+        assert response.json() == {"status": "error", "msg": "request body too large"}
+
+
+def test_every_response_says_nosniff(live, token_for, monkeypatch):
+    url, token = live.url, token_for()
+    chat = {"token": token, "model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    responses = [
+        requests.post(f"{url}/settings", json={"token": token}),  # 200 JSON
+        requests.post(f"{url}/chat", json=chat),  # 200 NDJSON stream
+        requests.post(f"{url}/chat", json={**chat, "messages": []}),  # 400
+        requests.post(f"{url}/settings", json={"token": "x"}),  # 401
+        requests.post(f"{url}/get-chat", json={"token": token, "chatId": str(uuid.uuid4())}),
+        requests.post(f"{url}/nope", json={}),  # 404
+        requests.get(f"{url}/settings"),  # 405
+        requests.post(f"{url}/settings", data=b" " * (1024 * 1024 + 1)),  # 413
+        requests.get(f"{url}/healthz"),
+    ]
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("chatsite.api.settings.user_prefs", explode)
+    responses.append(requests.post(f"{url}/settings", json={"token": token}))  # 500
+    codes = [r.status_code for r in responses]
+    assert codes == [200, 200, 400, 401, 404, 404, 405, 413, 200, 500]
+    assert all(r.headers["X-Content-Type-Options"] == "nosniff" for r in responses), codes

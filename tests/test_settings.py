@@ -1,6 +1,7 @@
 """/settings and /update-settings: partial updates, validation, nothing half-changed."""
 
 import pytest
+import requests
 
 
 def settings(post, token):
@@ -121,3 +122,27 @@ def test_users_are_isolated(post, token_for):
     alice, bob = token_for(), token_for()
     post("/update-settings", {"token": alice, "prefs": {"nickname": "alice"}})
     assert settings(post, bob)["nickname"] == ""
+
+
+@pytest.mark.parametrize(
+    "nickname",
+    [
+        "evil\u202egnp.exe",  # RIGHT-TO-LEFT OVERRIDE
+        "zero\u200bwidth",  # ZERO WIDTH SPACE
+        "join\u200dme",  # ZERO WIDTH JOINER
+        "\ufeffbom",  # ZERO WIDTH NO-BREAK SPACE
+        "soft\u00adhyphen",  # SOFT HYPHEN
+        "tag\U000e0041",  # TAG LATIN CAPITAL LETTER A
+    ],
+)
+def test_invisible_formatting_characters_are_refused(live, token_for, user, nickname):
+    """Unicode category Cf, like Cc: a nickname must read as what it is (over real HTTP)."""
+    token = token_for(user)
+    url = f"{live.url}/update-settings"
+    assert requests.post(url, json={"token": token, "prefs": {"nickname": "Before"}}).ok
+    response = requests.post(url, json={"token": token, "prefs": {"nickname": nickname}})
+    assert response.status_code == 400
+    assert "prefs.nickname" in response.json()["msg"]
+    assert "invisible" in response.json()["msg"]
+    settings = requests.post(f"{live.url}/settings", json={"token": token}).json()
+    assert settings["nickname"] == "Before"

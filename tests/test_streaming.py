@@ -1,36 +1,28 @@
 """/chat and /generate over real HTTP against the development chat instance."""
 
-import json
 import os
 import threading
-import time
-import uuid
 
 import pytest
 import requests
 
+from chatsite.dev.instance import DevInstance
+from chatsite.dev.ports import free_port
+from tests.helpers import (
+    NO_INSTANCE,
+    Stream,
+    chat_body,
+    create_chat,
+    get_chat,
+    ndjson,
+    new_user,
+    site_of,
+    slow_body,
+    stream,
+    upstream_bodies,
+    user_is_free,
+)
 from tests.servers import wait_until
-
-
-def user_is_free(server, user):
-    """Tell whether nobody holds the user's lock (taking and giving it back)."""
-    lease = server.app.extensions["chatsite"].coordinator.try_lock_user(user)
-    if lease is not None:
-        lease.release()
-    return lease is not None
-
-
-def stream(url, path, body, timeout=10):
-    """POST and return (response, parsed lines) for a streamed endpoint."""
-    response = requests.post(f"{url}{path}", json=body, stream=True, timeout=timeout)
-    if response.headers.get("Content-Type") != "application/x-ndjson":
-        return response, None
-    lines = [json.loads(line) for line in response.iter_lines() if line]
-    return response, lines
-
-
-def chat_body(token, content="hello there", **extra):
-    return {"token": token, "messages": [{"role": "user", "content": content}], **extra}
 
 
 def test_chat_stream_shape(live, token_for):
@@ -69,11 +61,11 @@ def test_defaults_come_from_settings(live, token_for, upstream):
     assert requests.post(f"{live.url}/update-settings", json={"token": token, "prefs": prefs}).ok
     _, lines = stream(live.url, "/chat", chat_body(token, options={"seed": 7, "temperature": 0}))
     assert lines[-1]["fullMsg"] == "[Be kind.] You said: hello there"
-    sent = upstream.requests()[-1]
-    assert sent["path"] == "/api/chat"
-    assert sent["body"]["model"] == "echo:latest"
-    assert sent["body"]["messages"][0] == {"role": "system", "content": "Be kind."}
-    assert sent["body"]["options"] == {"seed": 7, "temperature": 0}
+    assert upstream.requests()[-1]["path"] == "/api/chat"
+    sent = upstream_bodies(upstream)[-1]
+    assert sent["model"] == "echo:latest"
+    assert sent["messages"][0] == {"role": "system", "content": "Be kind."}
+    assert sent["options"] == {"seed": 7, "temperature": 0, "num_predict": 4096}
     # The request's own system prompt wins over the saved one.
     _, lines = stream(live.url, "/chat", chat_body(token, system="Be terse."))
     assert lines[-1]["fullMsg"].startswith("[Be terse.]")
@@ -85,9 +77,7 @@ def test_timestamps_are_not_sent_upstream(live, token_for, upstream):
     body = chat_body(token_for(), model="echo")
     body["messages"][0]["timestamp"] = "2026-01-01T00:00:00Z"
     stream(live.url, "/chat", body)
-    assert upstream.requests()[-1]["body"]["messages"] == [
-        {"role": "user", "content": "hello there"}
-    ]
+    assert upstream_bodies(upstream)[-1]["messages"] == [{"role": "user", "content": "hello there"}]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +98,7 @@ def test_timestamps_are_not_sent_upstream(live, token_for, upstream):
     ],
 )
 def test_chat_validation(live, token_for, body, status, field):
-    full = {"token": token_for(), "model": "echo", "messages": [{"role": "user", "content": "x"}]}
+    full = chat_body(token_for(), "x", model="echo")
     full.update(body)
     if full["messages"] == "DROP":
         del full["messages"]
@@ -145,29 +135,17 @@ def test_bad_token_is_401_before_anything(live):
     assert response.status_code == 401
 
 
-def open_slow_stream(url, token, repeat=200, delay=0.02, path="/chat", **extra):
-    """Start a long stream and return the response once its first line has arrived."""
-    body = chat_body(token, model="slow", options={"dev_token_delay": delay, "dev_repeat": repeat})
-    body.update(extra)
-    response = requests.post(f"{url}{path}", json=body, stream=True, timeout=10)
-    assert response.status_code == 200
-    lines = response.iter_lines()
-    first = json.loads(next(lines))
-    assert first["done"] is False
-    return response, lines
-
-
 def test_first_line_arrives_while_upstream_still_generating(live, token_for, upstream):
-    response, lines = open_slow_stream(live.url, token_for(), repeat=10)
+    opened = Stream(live.url, slow_body(token_for(), delay=0.02, repeat=10))
     assert upstream.stats()["active_streams"] == 1  # the rest is still being generated
-    rest = [json.loads(line) for line in lines if line]
+    rest = list(opened.lines)
     assert rest[-1]["done"] is True
-    response.close()
+    opened.close()
 
 
 def test_second_request_of_same_user_is_429_other_users_proceed(live, token_for):
     token = token_for()
-    response, _ = open_slow_stream(live.url, token)
+    opened = Stream(live.url, slow_body(token))
     busy = requests.post(f"{live.url}/chat", json=chat_body(token, model="echo"))
     assert busy.status_code == 429
     assert busy.headers["Retry-After"].isdigit()
@@ -178,7 +156,7 @@ def test_second_request_of_same_user_is_429_other_users_proceed(live, token_for)
     assert busy.status_code == 429
     _, lines = stream(live.url, "/chat", chat_body(token_for(), model="echo"))
     assert lines[-1]["done"] is True
-    response.close()
+    opened.close()
     # once the stream is gone the user may ask again
     ok = wait_until(
         lambda: (
@@ -193,10 +171,10 @@ def test_504_when_no_slot_frees_up(make_live, token_for, upstream):
     live = make_live(
         CHAT_INSTANCES=[{"url": upstream.url, "max_concurrent": 1}], INSTANCE_WAIT_TIMEOUT=0.5
     )
-    holder, _ = open_slow_stream(live.url, token_for())
+    holder = Stream(live.url, slow_body(token_for()))
     response = requests.post(f"{live.url}/chat", json=chat_body(token_for(), model="echo"))
     assert response.status_code == 504
-    assert response.json() == {"status": "error", "msg": "no chat instance available"}
+    assert response.json() == NO_INSTANCE
     holder.close()
 
 
@@ -204,7 +182,7 @@ def test_waiting_request_gets_the_slot_when_it_frees(make_live, token_for, upstr
     live = make_live(
         CHAT_INSTANCES=[{"url": upstream.url, "max_concurrent": 1}], INSTANCE_WAIT_TIMEOUT=5
     )
-    holder, _ = open_slow_stream(live.url, token_for())
+    holder = Stream(live.url, slow_body(token_for()))
     result = {}
 
     def waiter():
@@ -218,8 +196,6 @@ def test_waiting_request_gets_the_slot_when_it_frees(make_live, token_for, upstr
 
 
 def test_down_instance_is_skipped(make_live, token_for, upstream):
-    from tests.servers import free_port
-
     dead = f"http://127.0.0.1:{free_port()}"
     live = make_live(CHAT_INSTANCES=[dead, upstream.url])
     _, lines = stream(live.url, "/chat", chat_body(token_for(), model="echo"))
@@ -232,8 +208,6 @@ def test_down_instance_is_skipped(make_live, token_for, upstream):
 
 
 def test_failing_instance_is_cooled_down_and_another_used(make_live, token_for):
-    from chatsite.dev.instance import DevInstance
-
     with DevInstance().start() as first, DevInstance().start() as second:
         live = make_live(CHAT_INSTANCES=[first.url, second.url], MODELS_CACHE_SECONDS=60)
         token = token_for()
@@ -243,13 +217,11 @@ def test_failing_instance_is_cooled_down_and_another_used(make_live, token_for):
         for _ in range(3):
             _, lines = stream(live.url, "/chat", chat_body(token_for(), model="echo"))
             assert lines[-1]["done"] is True
-        served_by_first = [r for r in first.requests() if r["path"] == "/api/chat"]
+        served_by_first = upstream_bodies(first)
         assert len(served_by_first) <= 1  # cooled down after its first failure
 
 
 def test_all_instances_down_is_504(make_live, token_for):
-    from tests.servers import free_port
-
     live = make_live(CHAT_INSTANCES=[f"http://127.0.0.1:{free_port()}"])
     response = requests.post(f"{live.url}/chat", json=chat_body(token_for(), model="echo"))
     assert response.status_code == 504
@@ -275,7 +247,7 @@ def test_mid_stream_error_is_the_last_line(live, token_for):
     assert response.status_code == 200
     assert len(lines) == 4
     assert lines[-1]["status"] == "error" and lines[-1]["done"] is True
-    assert "crashed" in lines[-1]["msg"]
+    assert lines[-1]["msg"] == "chat server error"  # the instance's words go to the log
     # the user is free again at once
     _, lines = stream(live.url, "/chat", chat_body(token, model="echo"))
     assert lines[-1]["done"] is True
@@ -283,23 +255,12 @@ def test_mid_stream_error_is_the_last_line(live, token_for):
 
 def test_client_disconnect_closes_upstream_and_frees_user(live, token_for, upstream, user):
     token = token_for(user)
-    response, _ = open_slow_stream(live.url, token)
-    response.close()
+    Stream(live.url, slow_body(token)).close()
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
     assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
-    assert wait_until(lambda: user_is_free(live, user))
+    assert wait_until(lambda: user_is_free(site_of(live.app).coordinator, user))
     _, lines = stream(live.url, "/chat", chat_body(token, model="echo"))
     assert lines[-1]["done"] is True
-
-
-def create_chat(url, token):
-    return requests.post(f"{url}/create-chat", json={"token": token}).json()["chatId"]
-
-
-def get_chat(url, token, chat_id):
-    response = requests.post(f"{url}/get-chat", json={"token": token, "chatId": chat_id})
-    assert response.status_code == 200
-    return response.json()["contents"]
 
 
 def test_chat_file_saved_and_renamed(live, token_for):
@@ -354,9 +315,8 @@ def test_partial_reply_saved_as_incomplete_on_upstream_error(live, token_for):
 def test_partial_reply_saved_as_incomplete_on_disconnect(live, token_for, upstream, user):
     token = token_for(user)
     chat_id = create_chat(live.url, token)
-    response, _ = open_slow_stream(live.url, token, chatfile=chat_id)
-    response.close()
-    assert wait_until(lambda: user_is_free(live, user))
+    Stream(live.url, slow_body(token, chatfile=chat_id)).close()
+    assert wait_until(lambda: user_is_free(site_of(live.app).coordinator, user))
     contents = get_chat(live.url, token, chat_id)
     assert contents[-1]["role"] == "assistant"
     assert contents[-1]["incomplete"] is True
@@ -364,8 +324,6 @@ def test_partial_reply_saved_as_incomplete_on_disconnect(live, token_for, upstre
 
 
 def test_models_lists_union_once_with_capabilities(make_live, token_for, upstream):
-    from chatsite.dev.instance import DevInstance
-
     with DevInstance().start() as other:
         live = make_live(CHAT_INSTANCES=[other.url, upstream.url])
         response = requests.post(f"{live.url}/models", json={"token": token_for()})
@@ -391,8 +349,7 @@ def test_models_are_cached(make_live, token_for, upstream):
     token = token_for()
     for _ in range(3):
         assert requests.post(f"{live.url}/models", json={"token": token}).ok
-    tags_calls = [r for r in upstream.requests() if r["path"] == "/api/tags"]
-    assert len(tags_calls) == 1
+    assert len(upstream_bodies(upstream, "/api/tags")) == 1
 
 
 def test_preferred_model_must_be_offered(live, token_for):
@@ -407,22 +364,26 @@ def test_preferred_model_must_be_offered(live, token_for):
 
 
 def test_nothing_leaks_after_many_streams(live, token_for, upstream):
-    site = live.app.extensions["chatsite"]
+    coordinator = site_of(live.app).coordinator
     fds_before = len(os.listdir("/proc/self/fd"))
-    users = [str(uuid.uuid4()) for _ in range(8)]
+    users = [new_user() for _ in range(8)]
     tokens = [token_for(u) for u in users]
     errors = []
 
     def post_when_free(token, model):
         """A client that just hung up may still hold its lock for a moment: 429, retry."""
-        for _ in range(100):
+
+        def attempt():
             body = chat_body(token, model=model)
             response = requests.post(f"{live.url}/chat", json=body, stream=True, timeout=10)
             if response.status_code != 429:
-                return response
+                return [response]  # a list: a Response itself is falsy unless ok
             response.close()
-            time.sleep(0.02)
-        raise AssertionError("user stayed locked")
+            return None
+
+        answered = wait_until(attempt, timeout=10)
+        assert answered, "user stayed locked"
+        return answered[0]
 
     def run(token, count):
         try:
@@ -432,7 +393,7 @@ def test_nothing_leaks_after_many_streams(live, token_for, upstream):
                 if index % 7 == 0:
                     response.close()  # a client that goes away early
                     continue
-                lines = [json.loads(line) for line in response.iter_lines() if line]
+                lines = list(ndjson(response.iter_lines()))
                 assert lines[-1]["done"] is True, lines
         except Exception as error:  # collected and asserted on below
             errors.append(error)
@@ -443,8 +404,8 @@ def test_nothing_leaks_after_many_streams(live, token_for, upstream):
     for thread in threads:
         thread.join(60)
     assert not errors
-    assert wait_until(lambda: all(user_is_free(live, u) for u in users))
-    assert site.coordinator.slots_in_use(upstream.url) == 0
+    assert wait_until(lambda: all(user_is_free(coordinator, u) for u in users))
+    assert coordinator.slots_in_use(upstream.url) == 0
     assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
     assert len(os.listdir("/proc/self/fd")) < fds_before + 40
 
@@ -455,7 +416,7 @@ def test_upstream_read_timeout_ends_the_stream_in_band(make_live, token_for, use
     response, lines = stream(live.url, "/chat", body)
     assert response.status_code == 200
     assert lines[-1]["status"] == "error" and lines[-1]["done"] is True
-    assert wait_until(lambda: user_is_free(live, user))
+    assert wait_until(lambda: user_is_free(site_of(live.app).coordinator, user))
 
 
 def test_a_stream_closed_before_it_started_still_cleans_up(make_app, upstream, token_for, user):
@@ -466,11 +427,9 @@ def test_a_stream_closed_before_it_started_still_cleans_up(make_app, upstream, t
     response = client.post("/chat", json=body, buffered=False)
     assert response.status_code == 200
     response.close()  # never iterated
-    site = app.extensions["chatsite"]
-    lease = site.coordinator.try_lock_user(user)
-    assert lease is not None  # the user's lock was released
-    lease.release()
-    assert site.coordinator.slots_in_use(upstream.url) == 0
+    coordinator = site_of(app).coordinator
+    assert user_is_free(coordinator, user)  # the user's lock was released
+    assert coordinator.slots_in_use(upstream.url) == 0
     assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
 
 

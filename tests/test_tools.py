@@ -8,9 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-import uuid
-from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -27,117 +24,33 @@ from chatsite.tools import (
 )
 from chatsite.tools.builtin import BUILTIN_TOOLS, calculate, search_chats
 from chatsite.tools.calculator import CalculationError
+from chatsite.tools.processes import shared_pool
+from tests.helpers import app_create_chat, messages, new_user, site_of
+from tests.servers import ROOT, wait_until
+from tests.tool_examples import (
+    boom,
+    describe,
+    die,
+    echo,
+    huge,
+    kitchen_sink,
+    no_context,
+    refuse,
+    slow,
+)
 
-HERE = "tests.test_tools"
-RELEASE_SLOW = threading.Event()
+HERE = "tests.tool_examples"
 PINNED = datetime.datetime(2024, 2, 29, 23, 30, 15, 123456, tzinfo=datetime.UTC)
-
-
-# Tools for the tests, importable as "tests.test_tools:<name>".
-
-
-def echo(context: ToolContext, text: str, times: int = 1) -> str:
-    """Repeat some text.
-
-    Args:
-        text: What to repeat.
-        times: How many times.
-    """
-    return text * times
-
-
-def describe(
-    context: ToolContext,
-    ratio: float,
-    tags: list[str] | None = None,
-    mode: Literal["fast", "slow"] = "fast",
-    note: str | None = None,
-) -> dict:
-    """Report the arguments received, with their Python types."""
-    return {
-        "ratio": [type(ratio).__name__, ratio],
-        "tags": tags,
-        "mode": mode,
-        "note": note,
-    }
-
-
-def slow(context: ToolContext) -> str:
-    """Take two seconds, unless the test lets it go sooner."""
-    RELEASE_SLOW.wait(2)
-    return "done"
-
-
-def boom(context: ToolContext) -> str:
-    """Always fail."""
-    raise RuntimeError("boom")
-
-
-def huge(context: ToolContext) -> str:
-    """Return far more text than a tool message may hold."""
-    return "x" * 50_000
-
-
-def no_context(text: str) -> str:
-    """Lacks the context parameter."""
-    return text
-
-
-NOT_CALLABLE = 42
-
-
-def kitchen_sink(
-    context: ToolContext,
-    name: str,
-    count: int,
-    ratio: float,
-    flag: bool,
-    tags: list[str],
-    mode: Literal["fast", "slow"],
-    level: Literal[1, 2, 3],
-    note: str | None,
-    limit: int | None = None,
-    scale: float = 1.0,
-) -> str:
-    """Exercise every supported annotation,
-    with a first paragraph over two lines.
-
-    This paragraph is for developers only.
-
-    Args:
-        name: The name,
-            continued on a second line.
-        count (int): How many.
-        ratio: A fraction.
-        flag: Whether to.
-        tags: Labels.
-        mode: How fast.
-        level: How much.
-        note: An optional remark.
-        limit: An optional cap.
-
-    Returns:
-        Nothing useful.
-    """
-    return ""
 
 
 @pytest.fixture
 def context():
-    return ToolContext(user_id=str(uuid.uuid4()), transcripts=None, now=lambda: PINNED)
+    return ToolContext(user_id=new_user(), transcripts=None, now=lambda: PINNED)
 
 
 @pytest.fixture
 def registry():
-    return ToolRegistry([echo, describe, slow, boom, huge])
-
-
-@pytest.fixture
-def release_slow():
-    """Let a timed-out `slow` thread finish as soon as the test is done with it."""
-    RELEASE_SLOW.clear()
-    yield
-    RELEASE_SLOW.set()
+    return ToolRegistry([echo, describe, slow, boom, huge, die])
 
 
 # Schemas
@@ -338,7 +251,7 @@ def test_unknown_tool(registry, context):
     result = registry.run("nope", {}, context, timeout=2)
     assert not result.ok
     assert result.content == (
-        'error: unknown tool "nope"; available tools: echo, describe, slow, boom, huge'
+        'error: unknown tool "nope"; available tools: echo, describe, slow, boom, huge, die'
     )
     assert not registry.run(None, {}, context, timeout=2).ok
 
@@ -405,17 +318,49 @@ def test_failing_tool(registry, context, caplog):
     with caplog.at_level(logging.WARNING, logger="chatsite.tools.registry"):
         result = registry.run("boom", {}, context, timeout=2)
     assert result == ToolResult("boom", "error: tool failed: RuntimeError: boom", ok=False)
-    (record,) = [r for r in caplog.records if r.exc_info]
+    (record,) = [r for r in caplog.records if "Traceback" in r.getMessage()]
     assert record.levelno == logging.WARNING
-    assert "boom" in record.getMessage()
+    assert 'raise RuntimeError("boom")' in record.getMessage()  # the tool process's traceback
 
 
-def test_slow_tool_times_out(registry, context, release_slow):
-    started = time.monotonic()
+def test_a_tool_error_with_a_newline_forges_no_log_line(context, caplog):
+    registry = ToolRegistry([refuse])
+    reason = "no\nERROR chatsite.auth: FORGED"
+    result = registry.run("refuse", {"reason": reason}, context, timeout=5)
+    assert result.content == f"error: tool failed: ValueError: {reason}"  # the model sees it
+    assert "FORGED" in caplog.text
+    assert not [line for line in caplog.text.splitlines() if line.startswith("ERROR")]
+
+
+def test_slow_tool_times_out(registry, context):
     result = registry.run("slow", {}, context, timeout=0.2)
-    elapsed = time.monotonic() - started
     assert result == ToolResult(name="slow", content="error: tool timed out after 0.2 s", ok=False)
-    assert elapsed < 1
+
+
+def test_a_tool_that_kills_its_process_is_an_error_and_the_process_is_replaced(registry, context):
+    result = registry.run("die", {}, context, timeout=5)
+    assert result == ToolResult("die", "error: tool failed: the tool process exited", ok=False)
+    assert registry.run("echo", {"text": "still here"}, context, timeout=5).ok
+
+
+def test_a_call_waits_for_a_free_tool_process_at_most_its_time_limit(context):
+    registry = ToolRegistry([echo, slow], processes=1)
+    assert registry.run("echo", {"text": "warm"}, context, timeout=5).ok
+    pool = shared_pool(1)
+    results = {}
+    busy = threading.Thread(
+        target=lambda: results.update(slow=registry.run("slow", {}, context, timeout=10))
+    )
+    busy.start()
+    assert wait_until(lambda: not pool.pids())  # the only process is running `slow`
+    waiting = registry.run("echo", {"text": "hi"}, context, timeout=0.2)
+    busy.join()
+    assert waiting == ToolResult(
+        "echo",
+        "error: the server is too busy to run tools now (no tool process was free within 0.2 s)",
+        ok=False,
+    )
+    assert results["slow"].content == "done"
 
 
 def test_long_results_are_truncated(registry, context):
@@ -432,34 +377,25 @@ GEVENT_SCRIPT = textwrap.dedent(
 
     monkey.patch_all()
 
-    import json, sys, time, uuid
+    import json, os, sys, uuid
+    from pathlib import Path
     import gevent
-    from chatsite import create_app
     from chatsite.storage.database import db
-    from chatsite.storage.tables import create_tables
     from chatsite.storage.tables import Chat, User
     from chatsite.tools import ToolContext, ToolRegistry
     from chatsite.tools.builtin import search_chats
+    from chatsite.tools.processes import shared_pool
     from chatsite.greenlets import gevent_active
-    from tests import test_tools as t
+    from tests import tool_examples as t
+    from tests.helpers import build_app, new_user, site_of
 
-    folder = sys.argv[1]
-    app = create_app(
-        {
-            "TESTING": True,
-            "JWT_SECRET": "s" * 40,
-            "DATABASE_URL": f"sqlite:///{folder}/chatsite.db",
-            "CHAT_DIR": f"{folder}/chats",
-            "CHAT_INSTANCES": [],
-        },
-        instance_path=f"{folder}/instance",
-    )
-    create_tables()
-    user, chat_id = str(uuid.uuid4()), str(uuid.uuid4())
+    folder = Path(sys.argv[1])
+    app = build_app(folder, f"sqlite:///{folder}/chatsite.db")
+    user, chat_id = new_user(), str(uuid.uuid4())
     with db.connection_context():
         User.create(uuid=user)
         Chat.create(id=chat_id, owner=user, name="New chat")
-    chats = app.extensions["chatsite"].transcripts
+    chats = site_of(app).transcripts
     chats.create(user, chat_id, [{"role": "user", "content": "gevent banana"}])
 
     ticks = []
@@ -469,20 +405,25 @@ GEVENT_SCRIPT = textwrap.dedent(
             ticks.append(1)
             gevent.sleep(0.01)
 
-    registry = ToolRegistry([t.slow, t.echo, search_chats])
+    registry = ToolRegistry(
+        [t.slow, t.echo, search_chats], database_url=app.config["DATABASE_URL"]
+    )
     context = ToolContext(user_id=user, transcripts=chats)
+    echo = registry.run("echo", {"text": "hi", "times": 2}, context, timeout=5)
+    pool = shared_pool(registry.processes)
+    before = set(pool.pids())
     background = gevent.spawn(ticker)
-    started = time.monotonic()
     slow = registry.run("slow", {}, context, timeout=0.2)
-    elapsed = time.monotonic() - started
-    echo = registry.run("echo", {"text": "hi", "times": 2}, context, timeout=2)
-    found = registry.run("search_chats", {"query": "banana"}, context, timeout=5)
     background.kill()
+    killed = sorted(before - set(pool.pids()))
+    found = registry.run("search_chats", {"query": "banana"}, context, timeout=5)
     print(json.dumps({
         "patched": gevent_active(),
         "slow": slow.content,
-        "elapsed": elapsed,
         "ticks": len(ticks),
+        "killed": killed,
+        "alive": [os.path.exists(f"/proc/{pid}") for pid in killed],
+        "processes": len(pool.pids()),
         "echo": echo.content,
         "found": found.content,
         "chat_id": chat_id,
@@ -492,12 +433,11 @@ GEVENT_SCRIPT = textwrap.dedent(
 
 
 def test_tools_under_gevent_monkey_patching(tmp_path):
-    """As in a gunicorn gevent worker: real threads, other greenlets keep running."""
-    root = Path(__file__).resolve().parent.parent
+    """As in a gunicorn gevent worker: tool processes, other greenlets keep running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSITE_")}
     done = subprocess.run(
         [sys.executable, "-c", GEVENT_SCRIPT, str(tmp_path)],
-        cwd=root,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -508,8 +448,10 @@ def test_tools_under_gevent_monkey_patching(tmp_path):
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["patched"] is True
     assert report["slow"] == "error: tool timed out after 0.2 s"
-    assert report["elapsed"] < 1
-    assert report["ticks"] >= 5  # the waiting request did not block the other greenlets
+    assert report["ticks"] >= 2  # the other greenlets kept running while the request waited
+    assert len(report["killed"]) == 1  # the process that ran the slow tool was killed,
+    assert report["alive"] == [False]  # reaped,
+    assert report["processes"] == 2  # and replaced
     assert report["echo"] == "hihi"
     (match,) = json.loads(report["found"])
     assert match["chat_id"] == report["chat_id"]
@@ -655,12 +597,10 @@ def test_calculate_refuses_quickly(builtins, context, expression, message):
     result = builtins.run("calculate", {"expression": expression}, context, timeout=2)
     assert not result.ok
     assert result.content.startswith("error: tool failed: CalculationError: ")
-    assert message in result.content
-    started = time.perf_counter()
-    with pytest.raises(CalculationError):
+    assert message in result.content  # refused, not timed out: the bound comes first
+    with pytest.raises(CalculationError) as refused:
         calculate(context, expression)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 0.05, f"{expression!r} took {elapsed:.3f} s"
+    assert message in str(refused.value)
 
 
 # search_chats
@@ -672,33 +612,25 @@ def app(request, make_app):
     return make_app(CHAT_STORE=request.param)
 
 
-def new_chat(app, post, token_for, user, messages):
-    """Create a chat through the endpoint, then store its messages."""
-    response = post("/create-chat", {"token": token_for(user)})
-    assert response.status_code == 200, response.json
-    chat_id = response.json["chatId"]
+def new_chat(app, post, token_for, user, *texts):
+    """Create a chat through the endpoint, then store its conversation of `texts`."""
+    chat_id = app_create_chat(post, token_for(user))
     with db.connection_context():
-        app.extensions["chatsite"].transcripts.write(user, chat_id, messages)
+        site_of(app).transcripts.write(user, chat_id, messages(*texts))
     return chat_id
 
 
-def chat(*texts):
-    roles = ["user", "assistant"]
-    return [{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)]
-
-
 def search(app, user, arguments):
-    context = ToolContext(user_id=user, transcripts=app.extensions["chatsite"].transcripts)
-    return ToolRegistry.from_paths(None).run("search_chats", arguments, context, timeout=5)
+    context = ToolContext(user_id=user, transcripts=site_of(app).transcripts)
+    return site_of(app).tools.run("search_chats", arguments, context, timeout=5)
 
 
 def test_search_never_returns_another_users_chats(app, post, token_for):
-    alice, bob = str(uuid.uuid4()), str(uuid.uuid4())
+    alice, bob = new_user(), new_user()
     alice_chats = {
-        new_chat(app, post, token_for, alice, chat(f"alice secret {i}: banana bread"))
-        for i in range(3)
+        new_chat(app, post, token_for, alice, f"alice secret {i}: banana bread") for i in range(3)
     }
-    bob_chat = new_chat(app, post, token_for, bob, chat("what rhymes with banana?", "bandana"))
+    bob_chat = new_chat(app, post, token_for, bob, "what rhymes with banana?", "bandana")
     result = search(app, bob, {"query": "banana", "limit": 20})
     assert result.ok, result.content
     matches = json.loads(result.content)
@@ -718,8 +650,8 @@ def test_search_never_returns_another_users_chats(app, post, token_for):
 
 
 def test_search_newest_first_with_limit_and_any_case(app, post, token_for, user):
-    ids = [new_chat(app, post, token_for, user, chat(f"Kiwi number {i}")) for i in range(3)]
-    new_chat(app, post, token_for, user, chat("nothing here"))
+    ids = [new_chat(app, post, token_for, user, f"Kiwi number {i}") for i in range(3)]
+    new_chat(app, post, token_for, user, "nothing here")
     result = search(app, user, {"query": "KIWI", "limit": 2})
     matches = json.loads(result.content)
     assert [m["chat_id"] for m in matches] == [ids[2], ids[1]]
@@ -728,7 +660,7 @@ def test_search_newest_first_with_limit_and_any_case(app, post, token_for, user)
 
 def test_search_excerpt_and_roles(app, post, token_for, user):
     long_text = "a" * 500 + " the needle is here " + "b" * 500
-    chat_id = new_chat(app, post, token_for, user, chat("hello", long_text))
+    chat_id = new_chat(app, post, token_for, user, "hello", long_text)
     (match,) = json.loads(search(app, user, {"query": "needle"}).content)
     assert match["chat_id"] == chat_id
     assert match["role"] == "assistant"
@@ -739,18 +671,18 @@ def test_search_excerpt_and_roles(app, post, token_for, user):
 
 
 def test_search_skips_chats_without_contents(app, post, token_for, user):
-    kept = new_chat(app, post, token_for, user, chat("plum jam"))
-    lost = new_chat(app, post, token_for, user, chat("plum pie"))
+    kept = new_chat(app, post, token_for, user, "plum jam")
+    lost = new_chat(app, post, token_for, user, "plum pie")
     with db.connection_context():
-        app.extensions["chatsite"].transcripts.delete(user, lost)
+        site_of(app).transcripts.delete(user, lost)
     result = search(app, user, {"query": "plum"})
     assert result.ok
     assert [m["chat_id"] for m in json.loads(result.content)] == [kept]
 
 
 def test_search_keeps_an_open_connection_open(app, post, token_for, user):
-    new_chat(app, post, token_for, user, chat("fig"))
-    context = ToolContext(user_id=user, transcripts=app.extensions["chatsite"].transcripts)
+    new_chat(app, post, token_for, user, "fig")
+    context = ToolContext(user_id=user, transcripts=site_of(app).transcripts)
     db.connect()
     try:
         assert json.loads(search_chats(context, "fig"))[0]["excerpt"] == "fig"

@@ -79,10 +79,10 @@ def test_each_read_is_one_batch_whatever_the_line_boundaries(scripted):
     assert batches == [[1, 2], [3], [4, "done"]]
 
 
-def test_lines_after_done_are_dropped_and_the_connection_is_reused(scripted):
+def test_reading_stops_at_done_and_the_connection_is_reused(scripted):
     client, stream = open_stream(scripted, [b'{"n": 1}\n{"done": true}\n', b'{"n": 2}\n'])
     assert [line.get("n") for line in stream] == [1, None]
-    stream.close()
+    stream.release()
     scripted.bodies.append(("chunked", [b'{"done": true}\n']))
     again = client.stream("/api/chat", {"model": "m", "messages": []})
     assert list(again) == [{"done": True}]
@@ -93,24 +93,27 @@ def test_lines_before_an_invalid_one_still_come_out(scripted):
     _, stream = open_stream(scripted, [b'{"n": 1}\n{"n": 2}\nnot json\n{"n": 3}\n'])
     batches = stream.batches()
     assert [line["n"] for line in next(batches)] == [1, 2]
-    with pytest.raises(InstanceError, match="invalid JSON"):
+    with pytest.raises(InstanceError) as error:
         next(batches)
+    assert error.value.detail == "chat server sent an invalid answer: a line that is not JSON"
 
 
 def test_an_error_line_ends_the_stream(scripted):
     _, stream = open_stream(scripted, [b'{"n": 1}\n', b'{"error": "out of memory"}\n'])
     lines = iter(stream)
     assert next(lines) == {"n": 1}
-    with pytest.raises(InstanceError, match="chat server error: out of memory"):
+    with pytest.raises(InstanceError) as error:
         next(lines)
+    assert error.value.detail == "chat server error: out of memory"
 
 
 def test_an_oversized_line_is_refused(scripted):
     _, stream = open_stream(scripted, [b'{"n": 1}\n{"n": "' + b"x" * 200, b"x" * 200], max_line=256)
     lines = iter(stream)
     assert next(lines) == {"n": 1}
-    with pytest.raises(InstanceError, match="oversized line"):
+    with pytest.raises(InstanceError) as error:
         next(lines)
+    assert error.value.detail == "chat server sent an invalid answer: an oversized line"
 
 
 def test_a_body_with_a_length_instead_of_chunks(scripted):
@@ -118,7 +121,7 @@ def test_a_body_with_a_length_instead_of_chunks(scripted):
     assert list(stream) == [{"n": 1}, {"done": True}]
 
 
-def test_a_body_cut_short_is_a_connection_failure(scripted):
+def test_a_body_cut_short_is_a_connection_failure():
     """The server closes the connection in the middle of a chunk."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -138,7 +141,17 @@ def test_a_body_cut_short_is_a_connection_failure(scripted):
         )
         lines = iter(stream)
         assert next(lines) == {"n": 1}
-        with pytest.raises(InstanceError, match="chat server connection failed"):
+        with pytest.raises(InstanceError) as error:
             next(lines)
+        assert error.value.msg == "chat server connection failed"
     finally:
         listener.close()
+
+
+def test_a_body_that_ends_before_done_is_a_failure(scripted):
+    _, stream = open_stream(scripted, [b'{"n": 1}\n'])
+    lines = iter(stream)
+    assert next(lines) == {"n": 1}
+    with pytest.raises(InstanceError) as error:
+        next(lines)
+    assert error.value.msg == "chat server ended the answer early"

@@ -1,15 +1,19 @@
-"""Admission to /chat and /generate, decided before streaming: model, user lock, slot."""
+"""Admission to /chat and /generate, decided before streaming: model, user lock, a place."""
 
+import select
+import socket
+from collections.abc import Callable
 from typing import Any
+
+from flask import Response, request
 
 from ..coordination import Lease
 from ..errors import ApiError
-from ..llm.client import InstanceStream
-from ..llm.errors import NoInstanceAvailable, UnknownModel
-from ..llm.pool import Slot
+from ..llm.errors import NoInstanceAvailable, QueueFull, UnknownModel
 from ..site import Site
 from ..storage.database import db
 from ..storage.tables import User
+from ..streaming.reply import ClientGone, StreamedReply, ndjson_response
 
 BUSY = "a request from this user is already being processed"
 
@@ -35,19 +39,55 @@ def lock_user(site: Site, user_id: str) -> Lease:
     return lease
 
 
-def open_upstream(
-    site: Site, user_lease: Lease, model: str, path: str, payload: dict[str, Any]
-) -> tuple[Slot, InstanceStream]:
-    """Start the upstream stream; on any failure give the user's lock back.
+def client_watch(environ: dict[str, Any]) -> Callable[[], bool]:
+    """A check that the client has closed its connection, for requests waiting in line.
 
-    The request's database connection goes back first: nothing from here on uses it, and
-    waiting for a slot can take INSTANCE_WAIT_TIMEOUT seconds, during which a held pooled
-    connection would starve every other request of the worker.
+    The body has been read, so a readable socket with nothing to read is the client gone.
+    """
+    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+    if sock is None:
+        return lambda: False
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
+
+    return gone
+
+
+def start_reply(site: Site, reply: StreamedReply, user_id: str, queue_updates: bool) -> Response:
+    """Admit the reply's request and return its stream; on any failure free everything.
+
+    A request that finds its model's line empty and a slot free goes at once. Else it
+    waits in line: here (a 504 when its time runs out), or, with `queue_updates`, inside a
+    stream that starts now with its place in line. The request's database connection goes
+    back first: nothing from here on uses it, and a held pooled connection would starve the
+    worker's other requests while this one waits.
     """
     if not db.is_closed():
         db.close()
     try:
-        return site.pool.open_stream(model, path, payload)
+        reply.stop_watch = site.coordinator.watch_stop(user_id, reply.stop)
+        reply.client_gone = client_watch(request.environ)
+        steps = reply.admission.steps()
+        position = next(steps, None)
+        if position is None:
+            reply.admitted()
+        elif queue_updates:
+            reply.wait_in_stream(steps, position)
+        else:
+            reply.wait_here(steps)
+    except QueueFull as error:
+        reply.release()
+        retry = {"Retry-After": str(site.queue_retry_after)}
+        raise ApiError(503, str(error), headers=retry) from None
+    except ClientGone:
+        reply.release()
+        raise ApiError(499, "client closed the request") from None
     except BaseException:
-        user_lease.release()
+        reply.release()
         raise
+    return ndjson_response(reply)

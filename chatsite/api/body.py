@@ -5,6 +5,7 @@ from typing import Any
 import orjson
 from flask import request
 from marshmallow import Schema
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import ApiError
 from ..site import current_site
@@ -12,9 +13,20 @@ from ..storage.tables import User
 from ..storage.users import NO_USER_DATA, NoUserData, require_user
 
 
+def read_body() -> bytes:
+    """The raw body; past MAX_CONTENT_LENGTH a 413, whether it is sized or chunked."""
+    raw = request.get_data(cache=False)  # raises 413 when Content-Length is past the limit
+    limit = request.max_content_length
+    # A chunked body is cut at the limit without a word: one byte more means too large.
+    at_limit = request.content_length is None and limit is not None and len(raw) >= limit
+    if at_limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def json_object() -> dict[str, Any]:
     """Parse the body as a JSON object, or raise a 400."""
-    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    raw = read_body()
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -2,16 +2,18 @@
 
 from functools import partial
 
-from flask import Blueprint
+from flask import Blueprint, current_app
 
+from ..errors import ApiError
 from ..llm.payloads import chat_payload
 from ..site import Site, current_site
-from ..storage.chats import find_chat, save_chat
+from ..storage.chats import ensure_room, find_chat, save_chat
 from ..storage.database import database_connection
-from ..streaming.conversation import ChatReply, ToolRunner
-from ..streaming.reply import ndjson_response
+from ..storage.transcripts import transcript_size
+from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
+from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..tools import ToolContext
-from .admission import choose_model, lock_user, open_upstream
+from .admission import choose_model, lock_user, start_reply
 from .body import authenticated, user_record
 from .schemas import ChatSchema
 
@@ -33,20 +35,49 @@ def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner 
         context=ToolContext(user_id=user_id, transcripts=site.transcripts),
         timeout=site.tool_timeout,
         max_rounds=site.max_tool_rounds,
+        max_calls=site.max_tool_calls,
     )
+
+
+def reply_room(site: Site, messages: list[dict], saving: bool) -> ReplyRoom:
+    """What the reply may add; a saved chat must stay one that /chat accepts (else 400)."""
+    if not saving:
+        return ReplyRoom(site.limits.message_chars)
+    body_limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    max_bytes = body_budget(int(body_limit)) if body_limit else None
+    try:
+        return ReplyRoom(site.limits.message_chars, site.limits.messages, max_bytes, messages)
+    except ChatTooLong as error:
+        raise ApiError(400, f"messages: {error}; start a new chat") from None
+
+
+def think_flag(data: dict, model: str, capabilities: set[str]) -> bool | None:
+    """The `think` to pass on: only to models that think; asking another one is a 400."""
+    think = data.get("think")
+    if "thinking" in capabilities:
+        return think
+    if think:
+        raise ApiError(400, f"think: model {model!r} does not think")
+    return None
 
 
 @bp.post("/chat")
 def chat():
     user_id, data = authenticated(ChatSchema)
+    clock = Clock(data["messages"])
+    messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
     user = user_record(user_id, nodata_status=True)
     save = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
+        # Refused before the GPU works for it; an accepted reply is always saved.
+        ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
         save = partial(save_after_stream, site, user_id, chat_id)
+    room = reply_room(site, messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
+    think = think_flag(data, model, capabilities)
     tools = tool_runner(site, user_id, capabilities)
     payload = chat_payload(
         model,
@@ -54,8 +85,9 @@ def chat():
         data.get("system", user.system_prompt),
         data.get("options"),
         site.tools.schemas() if tools is not None else None,
+        think,
     )
     user_lease = lock_user(site, user_id)
-    slot, upstream = open_upstream(site, user_lease, model, "/api/chat", payload)
-    reply = ChatReply(slot, upstream, user_lease, payload, data["messages"], tools, save)
-    return ndjson_response(reply)
+    admission = site.pool.admit(model, "/api/chat", payload)
+    reply = ChatReply(admission, user_lease, payload, messages, room, clock, tools, save)
+    return start_reply(site, reply, user_id, data.get("queue_updates", False))

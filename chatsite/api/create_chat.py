@@ -15,5 +15,5 @@ def create_chat():
     user_id, _ = authenticated(TokenOnlySchema)
     site = current_site()
     user_record(user_id, nodata_status=True)
-    chat_id = create_chat_for(site.transcripts, user_id, site.max_chats)
+    chat_id = create_chat_for(site.transcripts, user_id, site.max_chats, site.max_storage)
     return {"status": "ok", "msg": "chat created", "chatId": chat_id}

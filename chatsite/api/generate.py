@@ -6,8 +6,7 @@ from ..errors import ApiError
 from ..llm.payloads import generate_payload
 from ..site import current_site
 from ..streaming.completion import GenerateReply
-from ..streaming.reply import ndjson_response
-from .admission import choose_model, lock_user, open_upstream
+from .admission import choose_model, lock_user, start_reply
 from .body import authenticated, user_record
 from .schemas import GenerateSchema
 
@@ -24,5 +23,5 @@ def generate():
         raise ApiError(400, f"suffix: model {model!r} does not support fill-in-the-middle")
     payload = generate_payload(model, data["prompt"], data.get("suffix"), data.get("options"))
     user_lease = lock_user(site, user_id)
-    slot, upstream = open_upstream(site, user_lease, model, "/api/generate", payload)
-    return ndjson_response(GenerateReply(slot, upstream, user_lease))
+    reply = GenerateReply(site.pool.admit(model, "/api/generate", payload), user_lease)
+    return start_reply(site, reply, user_id, data.get("queue_updates", False))

@@ -8,6 +8,7 @@ from . import (
     health,
     model_list,
     settings,
+    stop,
     update_settings,
 )
 
@@ -21,6 +22,7 @@ BLUEPRINTS = [
         model_list,
         generate,
         chat,
+        stop,
         health,
     )
 ]

@@ -5,17 +5,34 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import (
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
 from .. import defaults
 from ..llm.catalog import normalize_model
+from ..streaming.limits import MAX_TOOL_CALLS
+from .options import OptionRules
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 ROLES = ("user", "assistant", "tool", "system")
 MAX_OPTIONS = 64
-MAX_TOOL_CALLS = 32
 MAX_IMAGES = 8
 MAX_IMAGE_CHARS = 10 * 1024 * 1024
+# How deep a body may nest (objects and lists). Far below what the JSON encoders refuse
+# (orjson: 255), far above what the contract's shapes need (tool arguments sit at level 7).
+MAX_NESTING = 64
+NESTING_PATH_NAMES = 6
+# Unicode categories refused in a nickname: control (Cc) and invisible formatting (Cf:
+# U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE, ...).
+NICKNAME_FORBIDDEN = {"Cc", "Cf"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +43,7 @@ class Limits:
     messages: int
     message_chars: int
     prompt_chars: int
+    options: OptionRules
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "Limits":
@@ -35,6 +53,7 @@ class Limits:
             messages=int(config["MAX_MESSAGES"]),
             message_chars=int(config["MAX_MESSAGE_CHARS"]),
             prompt_chars=int(config["MAX_PROMPT_CHARS"]),
+            options=OptionRules.from_config(config),
         )
 
 
@@ -58,19 +77,21 @@ class ModelName(fields.String):
 
 
 class Nickname(fields.String):
-    """A display name: trimmed, 1-32 characters, no control characters."""
+    """A display name: trimmed, 1-32 characters, no control or invisible characters."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs).strip()
         if not 1 <= len(text) <= 32:
             raise ValidationError("Must be 1 to 32 characters after trimming.")
-        if any(unicodedata.category(char) == "Cc" for char in text):
-            raise ValidationError("Must not contain control characters.")
+        if any(unicodedata.category(char) in NICKNAME_FORBIDDEN for char in text):
+            raise ValidationError(
+                "Must not contain control or invisible formatting characters (Cc, Cf)."
+            )
         return text
 
 
 class Options(fields.Dict):
-    """Model options passed through to the chat instance (seed, temperature, ...)."""
+    """Model options for the chat instance: the allowed sampling settings, within bounds."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
@@ -79,6 +100,36 @@ class Options(fields.Dict):
             validate=validate.Length(max=MAX_OPTIONS),
             **kwargs,
         )
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> dict:
+        options = super()._deserialize(value, attr, data, **kwargs)
+        rules = getattr(self.root, "limits", DEFAULT_LIMITS).options
+        if problems := rules.problems(options):
+            raise ValidationError({name: [reason] for name, reason in problems.items()})
+        return options
+
+
+def nested_too_deep(value: Any, limit: int) -> str | None:
+    """The path ("options.a.0") of a container nested deeper than `limit` levels, or None."""
+    stack: list[tuple[Any, int, tuple | None]] = [(value, 1, None)]
+    while stack:  # iterative: a deep body must not exhaust the interpreter's stack
+        item, depth, path = stack.pop()
+        if depth > limit:
+            names = []
+            while path is not None:
+                key, path = path
+                names.append(str(key))
+            names.reverse()  # the first few names say where; the rest would be noise
+            return ".".join(names[:NESTING_PATH_NAMES]) + (
+                "..." if len(names) > NESTING_PATH_NAMES else ""
+            )
+        children = item.items() if isinstance(item, dict) else enumerate(item)
+        stack.extend(
+            (child, depth + 1, (key, path))
+            for key, child in children
+            if isinstance(child, dict | list)
+        )
+    return None
 
 
 class StrictSchema(Schema):
@@ -96,6 +147,23 @@ class LimitedSchema(StrictSchema):
     def __init__(self, limits: Limits | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.limits = limits or DEFAULT_LIMITS
+
+    @pre_load
+    def check_nesting(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and (path := nested_too_deep(data, MAX_NESTING)):
+            raise ValidationError(f"Nested more than {MAX_NESTING} levels deep.", path)
+        return data
+
+
+class SampledSchema(LimitedSchema):
+    """A body that asks a model for an answer: its options are checked and bounded."""
+
+    options = Options()
+
+    @post_load
+    def bound_the_answer(self, data: dict, **kwargs: Any) -> dict:
+        data["options"] = self.limits.options.for_upstream(data.get("options"))
+        return data
 
 
 class TokenOnlySchema(LimitedSchema):
@@ -137,13 +205,22 @@ class ChatIdSchema(LimitedSchema):
     chatId = fields.UUID(required=True)  # the contract spells it so
 
 
-class GenerateSchema(LimitedSchema):
+class StrictBoolean(fields.Boolean):
+    """true or false, nothing that merely looks like one ("yes", 1)."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+
+class GenerateSchema(SampledSchema):
     """`/generate`: a completion, or fill-in-the-middle with a suffix."""
 
     prompt = fields.String(required=True)
     suffix = fields.String()
     model = ModelName()
-    options = Options()
+    queue_updates = StrictBoolean()
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:
@@ -154,7 +231,9 @@ class GenerateSchema(LimitedSchema):
 
 
 class ToolFunctionSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(1, 200))
+    # Any name a model gave is saved and must come back: an empty one is answered
+    # "unknown tool", never refused here.
+    name = fields.String(required=True, validate=validate.Length(max=200))
     arguments = fields.Dict(keys=fields.String(), values=fields.Raw(allow_none=True))
     index = fields.Integer()
 
@@ -166,7 +245,11 @@ class ToolCallSchema(StrictSchema):
 
 
 class MessageSchema(StrictSchema):
-    """A chat message as the client sends it, or as /get-chat gave it back."""
+    """A chat message as the client sends it, or as /get-chat gave it back.
+
+    Every field the server saves is accepted here, within limits that what it saves
+    keeps to (see `chatsite.streaming.limits`).
+    """
 
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     content = fields.String(required=True)
@@ -183,14 +266,15 @@ class MessageSchema(StrictSchema):
     incomplete = fields.Boolean()
 
 
-class ChatSchema(LimitedSchema):
+class ChatSchema(SampledSchema):
     """`/chat`: a conversation to continue, optionally saved to a chat file."""
 
     model = ModelName()
     messages = fields.List(fields.Nested(MessageSchema), required=True)
     system = fields.String()
-    options = Options()
     chatfile = fields.UUID()
+    think = StrictBoolean()
+    queue_updates = StrictBoolean()
 
     @validates_schema
     def check_sizes(self, data: dict, **kwargs: Any) -> None:
@@ -201,10 +285,11 @@ class ChatSchema(LimitedSchema):
             raise ValidationError(f"At most {self.limits.messages} messages.", "messages")
         limit = self.limits.message_chars
         for index, message in enumerate(messages):
-            if len(message["content"]) > limit:
-                raise ValidationError(
-                    f"Longer than {limit} characters.", f"messages.{index}.content"
-                )
+            for text in ("content", "thinking"):
+                if len(message.get(text, "")) > limit:
+                    raise ValidationError(
+                        f"Longer than {limit} characters.", f"messages.{index}.{text}"
+                    )
         if len(data.get("system", "")) > self.limits.system_prompt_chars:
             raise ValidationError(
                 f"Longer than {self.limits.system_prompt_chars} characters.", "system"

@@ -1,10 +1,11 @@
-"""Who may use what right now: user locks and instance slots, shared as far as needed.
+"""Who may use what right now: user locks, instance slots and the lines of waiting requests,
+shared as far as needed, and stop requests carried to wherever a request runs.
 
 `Coordinator` is the protocol; `LocalCoordinator` spans one process, `FileCoordinator` all
 workers of a host (flock), `RedisCoordinator` every host.
 """
 
-from .base import Coordinator, Lease, instance_key
+from .base import Coordinator, Lease, Ticket, instance_key
 from .files import FileCoordinator
 from .local import LocalCoordinator
 from .redis import RedisCoordinator
@@ -15,6 +16,7 @@ __all__ = [
     "Lease",
     "LocalCoordinator",
     "RedisCoordinator",
+    "Ticket",
     "instance_key",
     "make_coordinator",
 ]

@@ -6,7 +6,8 @@ process (greenlets of a worker exclude each other), and the kernel drops the loc
 the moment it dies, SIGKILL included: nothing ever goes stale.
 
 Lock files are never deleted: unlinking a file while another process holds or is about to
-lock it would let two holders lock two different inodes under the same name.
+lock it would let two holders lock two different inodes under the same name. The lines of
+waiting requests and stop requests live in `file_queue`.
 """
 
 import errno
@@ -20,11 +21,12 @@ from collections.abc import Callable
 
 from ..ids import canonical_uuid
 from .base import Lease, instance_key, poll_wait
+from .file_queue import FileQueue, FileTicket, holder_alive
+from .signals import LocalSignals
 
 log = logging.getLogger(__name__)
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
@@ -65,6 +67,8 @@ class FileCoordinator:
         # Slots this process released lately: their files exist and are probably free, so
         # trying them first saves creating new slot files and probing busy ones.
         self._released: dict[str, list[int]] = {}
+        self.signals = LocalSignals()
+        self._queue = FileQueue(self.lock_dir, self.signals)
 
     def _try_lock(self, path: str, after: Callable[[], None] | None = None) -> Lease | None:
         """Lock `path` at once, or return None if someone (even this process) holds it."""
@@ -81,10 +85,16 @@ class FileCoordinator:
             raise
         return FileLease(fd, after)
 
+    def _user_path(self, user_id: str) -> str:
+        return os.path.join(self._users_dir, f"{canonical_uuid(user_id)}.lock")
+
     def try_lock_user(self, user_id: str) -> Lease | None:
         """Take the user's lock at once, or None if any worker of this host holds it."""
-        name = canonical_uuid(user_id)
-        return self._try_lock(os.path.join(self._users_dir, f"{name}.lock"))
+        return self._try_lock(self._user_path(user_id))
+
+    def user_busy(self, user_id: str) -> bool:
+        """Tell whether a worker of this host holds the user's lock."""
+        return holder_alive(self._user_path(user_id))
 
     def _slot_path(self, instance: str, index: int) -> str:
         return os.path.join(self._slots_dir, f"{instance_key(instance)}.{index}.lock")
@@ -112,6 +122,7 @@ class FileCoordinator:
 
         def remember() -> None:
             released.append(index)
+            self._queue.poke()
 
         return self._try_lock(self._slot_path(instance, index), remember)
 
@@ -127,31 +138,30 @@ class FileCoordinator:
             return []
         return [int(m.group(1)) for m in map(pattern.fullmatch, names) if m]
 
-    def _is_locked(self, path: str) -> bool:
-        """Probe with a lock on a fresh descriptor, dropped at once.
-
-        For that instant the slot looks busy to a concurrent try_acquire_slot, which then
-        tries the next slot or waits one step: harmless.
-        """
-        try:
-            fd = os.open(path, _PROBE_FLAGS)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in _BUSY:
-                return True
-            raise
-        finally:
-            os.close(fd)  # closing the only descriptor drops a probe lock we got
-        return False
-
     def slots_in_use(self, instance: str) -> int:
         """Count the instance's slot files locked by any process of this host."""
         indexes = self._slot_indexes(instance)
-        return sum(self._is_locked(self._slot_path(instance, i)) for i in indexes)
+        # A probe makes the slot look busy for an instant to a concurrent try_acquire_slot,
+        # which then tries the next slot or waits one step: harmless.
+        return sum(holder_alive(self._slot_path(instance, i)) for i in indexes)
 
     def wait_for_release(self, timeout: float) -> None:
         """Sleep a little: flock has no wake-up, so callers poll."""
         poll_wait(timeout)
+
+    def waiting(self, model: str) -> int:
+        """Count the tickets in the model's line (a dead one counts until someone probes)."""
+        return self._queue.waiting(model)
+
+    def join_queue(self, model: str, limit: int) -> FileTicket | None:
+        """Take a ticket at the end of the model's line, or None when `limit` are waiting."""
+        return self._queue.join(model, limit)
+
+    def request_stop(self, user_id: str) -> None:
+        """Ask every worker of this host to stop the user's request."""
+        self._queue.request_stop(canonical_uuid(user_id))
+
+    def watch_stop(self, user_id: str, callback: Callable[[], None]) -> Lease:
+        """Run `callback` when any worker asks to stop the user's request."""
+        self._queue.mailbox()  # stop requests arrive there
+        return self.signals.watch_stop(canonical_uuid(user_id), callback)

@@ -1,9 +1,11 @@
-"""In-process locks and slots: one process only (the dev server, one worker)."""
+"""In-process locks, slots and lines: one process only (the dev server, one worker)."""
 
+import itertools
 import threading
 from collections.abc import Callable
 
-from .base import Lease
+from .base import EventTicket, Lease
+from .signals import LocalSignals
 
 
 class _Release:
@@ -20,6 +22,23 @@ class _Release:
             callback()
 
 
+class LocalTicket(EventTicket):
+    """A place in an in-process line: a number in the model's list."""
+
+    def __init__(self, owner: "LocalCoordinator", model: str, number: int) -> None:
+        super().__init__(owner.signals)
+        self._owner = owner
+        self.model = model
+        self.number = number
+
+    def position(self) -> int:
+        with self._owner._changed:
+            return self._owner._lines[self.model].index(self.number) + 1
+
+    def _leave(self) -> None:
+        self._owner._leave(self.model, self.number)
+
+
 class LocalCoordinator:
     """In-process locks and slots: right for one process (the dev server, one worker)."""
 
@@ -27,6 +46,9 @@ class LocalCoordinator:
         self._changed = threading.Condition()
         self._users: set[str] = set()
         self._slots: dict[str, int] = {}
+        self._lines: dict[str, list[int]] = {}
+        self._numbers = itertools.count(1)
+        self.signals = LocalSignals()
 
     def try_lock_user(self, user_id: str) -> Lease | None:
         with self._changed:
@@ -39,6 +61,9 @@ class LocalCoordinator:
         with self._changed:
             self._users.discard(user_id)
 
+    def user_busy(self, user_id: str) -> bool:
+        return user_id in self._users
+
     def try_acquire_slot(self, instance: str, capacity: int) -> Lease | None:
         with self._changed:
             if self._slots.get(instance, 0) >= capacity:
@@ -50,6 +75,8 @@ class LocalCoordinator:
         with self._changed:
             self._slots[instance] -= 1
             self._changed.notify_all()
+        if self.signals.has_waiters():
+            self.signals.wake_all()
 
     def slots_in_use(self, instance: str) -> int:
         return self._slots.get(instance, 0)
@@ -57,3 +84,30 @@ class LocalCoordinator:
     def wait_for_release(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)
+
+    def waiting(self, model: str) -> int:
+        return len(self._lines.get(model, ()))
+
+    def join_queue(self, model: str, limit: int) -> LocalTicket | None:
+        with self._changed:
+            line = self._lines.setdefault(model, [])
+            if len(line) >= limit:
+                return None
+            number = next(self._numbers)
+            line.append(number)
+        return LocalTicket(self, model, number)
+
+    def _leave(self, model: str, number: int) -> None:
+        with self._changed:
+            line = self._lines.get(model, [])
+            if number in line:
+                line.remove(number)
+            if not line:
+                self._lines.pop(model, None)
+        self.signals.wake_all()
+
+    def request_stop(self, user_id: str) -> None:
+        self.signals.stop(user_id)
+
+    def watch_stop(self, user_id: str, callback: Callable[[], None]) -> Lease:
+        return self.signals.watch_stop(user_id, callback)

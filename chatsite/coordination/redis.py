@@ -4,20 +4,28 @@ Each lock is a key holding a random token, set with NX and a TTL. A renewer thre
 greenlet under gevent's monkey patch) extends every lease still held every ttl/3, so leases
 outlive long streamed answers, while the locks of a crashed host expire within `ttl` seconds.
 Release and renewal compare the token in Lua: a holder whose key expired and was taken by
-someone else never deletes or extends the new holder's lock.
+someone else never deletes or extends the new holder's lock. Releasing a slot publishes a
+wake-up for the waiters of every host; the lines themselves live in `redis_queue`.
 """
 
+import itertools
 import logging
 import random
 import secrets
 import threading
+from collections.abc import Callable
 
 import redis
 
 from ..ids import canonical_uuid
+from . import redis_queue
 from .base import Lease, instance_key, poll_wait
+from .redis_queue import RedisTicket, Subscriber, line_keys
+from .signals import LocalSignals
 
 log = logging.getLogger(__name__)
+
+SUBSCRIBE_WAIT = 2.0  # seconds a worker's first request waits for its event subscription
 
 # Take the first free key of KEYS (slots in a random rotation); return its 1-based index or 0.
 _ACQUIRE = """
@@ -27,7 +35,10 @@ end
 return 0
 """
 _RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  if ARGV[2] then redis.call('publish', ARGV[2], 'w') end
+  return redis.call('del', KEYS[1])
+end
 return 0
 """
 _RENEW = """
@@ -39,19 +50,21 @@ return 0
 class RedisLease:
     """One held key; `release()` deletes it only while it still holds our token."""
 
-    __slots__ = ("_owner", "key", "token")
+    __slots__ = ("_owner", "key", "token", "wakes")
 
-    def __init__(self, owner: "RedisCoordinator", key: str, token: str) -> None:
+    def __init__(self, owner: "RedisCoordinator", key: str, token: str, wakes: bool) -> None:
         self._owner = owner
         self.key = key
         self.token = token
+        self.wakes = wakes  # a slot: its release wakes the waiters
 
     def release(self) -> None:
         """Give the lock back once; a Redis error only leaves it to expire within ttl."""
         if not self._owner._forget(self):
             return
         try:
-            self._owner._release(keys=[self.key], args=[self.token])
+            args = [self.token, self._owner.channel] if self.wakes else [self.token]
+            self._owner._release(keys=[self.key], args=args)
         except redis.RedisError:
             log.warning("could not release %s; it expires within the ttl", self.key, exc_info=True)
 
@@ -71,6 +84,15 @@ class RedisCoordinator:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
         self._renew = self._redis.register_script(_RENEW)
+        self._join = self._redis.register_script(redis_queue.JOIN)
+        self._position = self._redis.register_script(redis_queue.POSITION)
+        self._leave = self._redis.register_script(redis_queue.LEAVE)
+        self.channel = f"{prefix}:events"
+        self.heartbeat_ms = round(redis_queue.HEARTBEAT * 1000)
+        self.signals = LocalSignals()
+        self._subscriber: Subscriber | None = None
+        self._members = itertools.count()
+        self._process = secrets.token_hex(8)
         self._capacity: dict[str, int] = {}  # largest capacity seen per instance url
         self._held: set[RedisLease] = set()
         self._lock = threading.Lock()
@@ -79,9 +101,9 @@ class RedisCoordinator:
 
     # -- leases and their renewal --
 
-    def _hold(self, key: str, token: str) -> RedisLease:
+    def _hold(self, key: str, token: str, wakes: bool = False) -> RedisLease:
         """Register a fresh lease for renewal, starting the renewer on first use (after fork)."""
-        lease = RedisLease(self, key, token)
+        lease = RedisLease(self, key, token, wakes)
         with self._lock:
             self._held.add(lease)
             renewer = self._renewer
@@ -137,6 +159,10 @@ class RedisCoordinator:
             return None
         return self._hold(key, token)
 
+    def user_busy(self, user_id: str) -> bool:
+        """Tell whether any host holds the user's lock."""
+        return bool(self._redis.exists(f"{self.prefix}:user:{canonical_uuid(user_id)}"))
+
     def _slot_keys(self, instance: str, capacity: int) -> list[str]:
         # The {hash tag} keeps an instance's slots in one cluster slot (multi-key Lua, EXISTS).
         base = f"{self.prefix}:slot:{{{instance_key(instance)}}}"
@@ -159,7 +185,7 @@ class RedisCoordinator:
         keys = keys[start:] + keys[:start]
         token = secrets.token_hex(16)
         taken = int(self._acquire(keys=keys, args=[token, self._ttl_ms]))
-        return self._hold(keys[taken - 1], token) if taken else None
+        return self._hold(keys[taken - 1], token, wakes=True) if taken else None
 
     def slots_in_use(self, instance: str) -> int:
         """Count the instance's slot keys that exist, up to the largest capacity known."""
@@ -175,9 +201,58 @@ class RedisCoordinator:
         """Sleep a little before the caller polls again (cooperative under gevent)."""
         poll_wait(timeout)
 
+    # -- lines and stop requests --
+
+    def _listen(self) -> None:
+        """Start this process's subscriber on first use (after a fork: one per worker).
+
+        The first caller waits (briefly) for the subscription, so that nothing published
+        right after, such as a stop for this very request, is missed.
+        """
+        with self._lock:
+            subscriber = self._subscriber
+            if subscriber is None or not subscriber._thread.is_alive():
+                subscriber = self._subscriber = Subscriber(self._redis, self.channel, self.signals)
+        if not subscriber.ready.is_set():
+            subscriber.ready.wait(SUBSCRIBE_WAIT)
+
+    def _heartbeat_prefix(self, line: str) -> str:
+        return f"{line}:alive:"
+
+    def waiting(self, model: str) -> int:
+        """Count the members of the model's line (the dead are pruned at the next look)."""
+        return int(self._redis.zcard(line_keys(self.prefix, model)[0]))
+
+    def join_queue(self, model: str, limit: int) -> RedisTicket | None:
+        """Take a ticket at the end of the model's line on every host, or None when full."""
+        self._check_open()
+        self._listen()
+        line, counter = line_keys(self.prefix, model)
+        member = f"{self._process}:{next(self._members)}"
+        ticket = int(
+            self._join(
+                keys=[line, counter],
+                args=[member, limit, self._heartbeat_prefix(line), self.heartbeat_ms],
+            )
+        )
+        if ticket < 0:
+            return None
+        return RedisTicket(self, line, member, ticket)
+
+    def request_stop(self, user_id: str) -> None:
+        """Publish a stop for the user to every process of every host."""
+        self._redis.publish(self.channel, redis_queue.STOP + canonical_uuid(user_id))
+
+    def watch_stop(self, user_id: str, callback: Callable[[], None]) -> Lease:
+        """Run `callback` when any host asks to stop the user's request."""
+        self._listen()
+        return self.signals.watch_stop(canonical_uuid(user_id), callback)
+
     def close(self) -> None:
         """Stop renewing and drop the connections; unreleased leases expire within `ttl`."""
         self._stop.set()
+        if self._subscriber is not None:
+            self._subscriber.stopped.set()
         renewer = self._renewer
         if renewer is not None and renewer is not threading.current_thread():
             renewer.join(timeout=self.ttl)

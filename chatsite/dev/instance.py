@@ -14,6 +14,8 @@ import itertools
 import json
 import logging
 import re
+import select
+import socket
 import sys
 import threading
 import time
@@ -21,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,12 +35,19 @@ MAX_BODY = 8 * 1024 * 1024  # larger request bodies get 413
 MAX_DRAIN = 64 * 1024 * 1024  # oversized bodies up to this are read and dropped so the 413 arrives
 MAX_TOKEN_DELAY = 5.0
 MAX_REPEAT = 10_000
+# The knobs in ``options``, as a site in front of this instance must allow them to pass
+# (chatsite's ALLOWED_OPTIONS: name -> [min, max]).
+KNOBS = {"dev_token_delay": [0, MAX_TOKEN_DELAY], "dev_repeat": [0, MAX_REPEAT]}
 MODIFIED_AT = "2026-01-01T00:00:00Z"
+KEEP_ALIVE = 300.0  # seconds a model stays "loaded" (/api/ps) after its last use, as in Ollama
 REGISTRY = "registry.ollama.ai/library/"
 FAILABLE = frozenset({"/api/chat", "/api/generate", "/api/show", "/api/tags"})
 TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")  # whitespace stays attached: "".join(pieces) == text
-CALL_RE = re.compile(r"\bcall\s+([A-Za-z_][\w.-]*)\s*")
+# `call NAME {args}`; NAME may be a JSON string, to test names no real tool has.
+CALL_RE = re.compile(r'\bcall\s+("(?:[^"\\]|\\.)*"|[A-Za-z_][\w.-]*)\s*')
+SAY_RE = re.compile(r'\bsay "([^"]*)"')  # what tooler says before its tool calls
 DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+THINK_LEVELS = ("low", "medium", "high")
 _BAD_JSON = object()  # marks a request body that is not JSON at all
 
 
@@ -109,7 +118,13 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
         if text.startswith("{", pos):
             with suppress(json.JSONDecodeError):
                 args, pos = decoder.raw_decode(text, pos)
-        calls.append({"function": {"name": match.group(1).rstrip(".-"), "arguments": args}})
+        name = match.group(1)
+        if name.startswith('"'):
+            with suppress(json.JSONDecodeError):
+                name = json.loads(name)
+        else:
+            name = name.rstrip(".-")
+        calls.append({"function": {"name": name, "arguments": args}})
     return calls
 
 
@@ -136,10 +151,17 @@ def chat_reply(
             ), []
         calls = parse_tool_calls(last_user) if tools_offered else []
         if calls:
-            return "", calls
+            said = SAY_RE.search(last_user)
+            return said.group(1) if said else "", calls
     system = messages[0] if messages and messages[0].get("role") == "system" else None
     prefix = f"[{text(system)}] " if system is not None else ""
     return f"{prefix}You said: {last_user}", []
+
+
+def thinking_for(messages: list[dict[str, Any]]) -> str:
+    """What ``thinker`` thinks before it answers: about the last user message."""
+    users = [m for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
+    return f"The user wrote {users[-1]['content'] if users else ''!r}; I will echo it. "
 
 
 def generate_reply(model: DemoModel, prompt: str, suffix: str, system: str) -> str:
@@ -171,7 +193,22 @@ class DevState:
             "completed_streams": 0,
             "disconnected_streams": 0,
         }
-        self._fail_status, self._fail_count = 0, 0
+        self._fail_status, self._fail_count, self._fail_error = 0, 0, ""
+        self._misbehaviour: dict[str, Any] = {}
+        self._loaded: dict[str, float] = {}  # model name -> when it unloads (monotonic)
+
+    def use(self, model: str, keep_alive: float = KEEP_ALIVE) -> None:
+        """Mark a model loaded, as a request for it makes Ollama load it."""
+        with self._lock:
+            self._loaded[model] = time.monotonic() + keep_alive
+
+    def loaded(self) -> dict[str, float]:
+        """The models still loaded and the seconds each has left, most recently used first."""
+        now = time.monotonic()
+        with self._lock:
+            live = {name: until for name, until in self._loaded.items() if until > now}
+            self._loaded = live
+        return {name: live[name] - now for name in sorted(live, key=live.__getitem__, reverse=True)}
 
     def bump(self, counter: str, delta: int = 1) -> None:
         with self._lock:
@@ -195,19 +232,31 @@ class DevState:
         with self._lock:
             self._counts.update(requests=0, completed_streams=0, disconnected_streams=0)
             self._records.clear()
-            self._fail_status, self._fail_count = 0, 0
+            self._fail_status, self._fail_count, self._fail_error = 0, 0, ""
+            self._misbehaviour = {}
+            self._loaded.clear()
 
-    def fail_next(self, status: int, count: int) -> None:
+    def fail_next(self, status: int, count: int, error: str = "injected failure") -> None:
         with self._lock:
             self._fail_status, self._fail_count = status, max(0, count)
+            self._fail_error = error
 
-    def take_failure(self) -> int:
-        """Return the injected status for this call (consuming one), or 0 for none."""
+    def take_failure(self) -> tuple[int, str]:
+        """Return the injected (status, error text) for this call, consuming one, or (0, "")."""
         with self._lock:
             if self._fail_count <= 0:
-                return 0
+                return 0, ""
             self._fail_count -= 1
-            return self._fail_status
+            return self._fail_status, self._fail_error
+
+    def misbehave(self, how: dict[str, Any]) -> None:
+        """Replace the misbehaviour (see ``/dev/misbehave``); ``reset()`` ends it."""
+        with self._lock:
+            self._misbehaviour = dict(how)
+
+    def misbehaviour(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._misbehaviour)
 
 
 def _options(body: dict[str, Any]) -> tuple[float | None, int]:
@@ -240,6 +289,7 @@ _ROUTES: dict[tuple[str, str], str] = {  # (method, path) -> api_<name>
     ("HEAD", "/"): "root",
     ("GET", "/api/version"): "version",
     ("GET", "/api/tags"): "tags",
+    ("GET", "/api/ps"): "ps",
     ("POST", "/api/show"): "show",
     ("POST", "/api/chat"): "chat",
     ("POST", "/api/generate"): "generate",
@@ -247,7 +297,9 @@ _ROUTES: dict[tuple[str, str], str] = {  # (method, path) -> api_<name>
     ("GET", "/dev/requests"): "dev_requests",
     ("POST", "/dev/reset"): "dev_reset",
     ("POST", "/dev/fail"): "dev_fail",
+    ("POST", "/dev/misbehave"): "dev_misbehave",
 }
+MISBEHAVIOURS = {"tags", "show", "error", "skip_done", "linger"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -281,9 +333,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(
                 405 if known else 404, {"error": "method not allowed" if known else "not found"}
             )
-        if path in FAILABLE and (status := state.take_failure()):
+        status, error = state.take_failure() if path in FAILABLE else (0, "")
+        if status:
             log.info("injecting HTTP %d into %s", status, path)
-            return self._send_json(status, {"error": "injected failure"})
+            return self._send_json(status, {"error": error})
         try:
             if self.command == "POST" and body is _BAD_JSON:
                 raise DevHttpError(400, "invalid JSON body")
@@ -333,8 +386,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json; charset=utf-8")
 
-    def _stream(self, lines: Iterator[dict[str, Any]]) -> None:
-        """Write NDJSON with hand-made chunked encoding; stop at once if the client went away."""
+    def _stream(self, lines: Iterator[dict[str, Any]], linger: float = 0.0) -> None:
+        """Write NDJSON with hand-made chunked encoding; stop at once if the client went away.
+
+        ``linger`` keeps the body open that long after the last line, like a quiet server.
+        """
         state = self.server.state
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
@@ -346,6 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
                 data = json.dumps(obj).encode() + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
+            self._linger(linger)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except DISCONNECTS as exc:
@@ -357,6 +414,17 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             state.bump("active_streams", -1)
 
+    def _linger(self, seconds: float) -> None:
+        """Wait before ending the body; a client that hangs up meanwhile ends the wait."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if not readable:
+                continue
+            if not self.connection.recv(1, socket.MSG_PEEK):
+                raise ConnectionResetError("the client closed the connection")
+            time.sleep(min(left, 0.05))  # it sent something: not a hang-up
+
     def _model(self, body: dict[str, Any]) -> DemoModel:
         name = _field(body, "model", str, "")
         if not name.strip():
@@ -364,6 +432,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = MODELS.get(canonical_name(name))
         if model is None:
             raise DevHttpError(404, f'model "{name}" not found, try pulling it first')
+        self.server.state.use(model.name)
         return model
 
     def _answer(
@@ -374,6 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
         text: str,
         tool_calls: list[dict[str, Any]],
         prompt_tokens: int,
+        thinking: str = "",
     ) -> None:
         """Stream (or return whole) an answer; ``kind`` is "chat" or "generate"."""
         delay, repeat = _options(body)
@@ -381,6 +451,8 @@ class _Handler(BaseHTTPRequestHandler):
         if delay is None:
             delay = self.server.token_delay or model.token_delay
         pieces = TOKEN_RE.findall(text)  # repeated lazily: dev_repeat may be large
+        thoughts = TOKEN_RE.findall(thinking)
+        how = self.server.state.misbehaviour()
         started = time.monotonic()
 
         def line(piece: str, **extra: Any) -> dict[str, Any]:
@@ -394,16 +466,23 @@ class _Handler(BaseHTTPRequestHandler):
             if model.name == "broken:latest":
                 todo = itertools.islice(itertools.chain(todo, ["tick "] * 3), 3)
             count = 0
+            for thought in itertools.chain.from_iterable(itertools.repeat(thoughts, repeat)):
+                count += 1
+                if delay:
+                    time.sleep(delay)
+                yield {**line("", thinking=thought), "done": False}
             for piece in todo:
                 count += 1
                 if delay:
                     time.sleep(delay)
                 yield {**line(piece), "done": False}
             if model.name == "broken:latest":
-                yield {"error": "model runner crashed"}
+                yield {"error": how.get("error", "model runner crashed")}
                 return
             if tool_calls:
                 yield {**line("", tool_calls=tool_calls), "done": False}
+            if how.get("skip_done"):
+                return
             took = time.monotonic() - started
             yield {
                 **line(""),
@@ -418,7 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
             }
 
         if stream:
-            return self._stream(lines())
+            return self._stream(lines(), float(how.get("linger", 0)))
         *parts, final = list(lines())
         if "error" in final:
             raise DevHttpError(500, final["error"])
@@ -426,6 +505,10 @@ class _Handler(BaseHTTPRequestHandler):
             final["response"] = "".join(p["response"] for p in parts)
         else:
             final["message"]["content"] = "".join(p["message"]["content"] for p in parts)
+            if thoughts:
+                final["message"]["thinking"] = "".join(
+                    p["message"].get("thinking", "") for p in parts
+                )
             if tool_calls:
                 final["message"]["tool_calls"] = tool_calls
         self._send_json(200, final)
@@ -439,7 +522,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"version": VERSION})
 
     def api_tags(self, _body: Any) -> None:
+        how = self.server.state.misbehaviour()
+        if "tags" in how:
+            return self._send_json(200, how["tags"])
         self._send_json(200, {"models": [m.tag() for m in MODELS.values()]})
+
+    def api_ps(self, _body: Any) -> None:
+        """The models used within KEEP_ALIVE seconds, as Ollama lists what it has in memory."""
+        models = []
+        for name, left in self.server.state.loaded().items():
+            tag, until = MODELS[name].tag(), datetime.now(UTC) + timedelta(seconds=left)
+            expires = until.isoformat(timespec="seconds").replace("+00:00", "Z")
+            models.append({**tag, "expires_at": expires, "size_vram": tag["size"]})
+        self._send_json(200, {"models": models})
 
     def api_show(self, body: dict[str, Any]) -> None:
         name = body.get("model") or body.get("name")
@@ -448,6 +543,9 @@ class _Handler(BaseHTTPRequestHandler):
         model = MODELS.get(canonical_name(name))
         if model is None:
             raise DevHttpError(404, f"model '{name}' not found")
+        how = self.server.state.misbehaviour()
+        if "show" in how:
+            return self._send_json(200, how["show"])
         self._send_json(
             200,
             {
@@ -466,9 +564,17 @@ class _Handler(BaseHTTPRequestHandler):
         tools = _field(body, "tools", list, [])
         if tools and "tools" not in model.capabilities:
             raise DevHttpError(400, f"{REGISTRY}{model.name} does not support tools")
+        think = body.get("think")
+        if think is not None and not isinstance(think, bool) and think not in THINK_LEVELS:
+            raise DevHttpError(400, "think must be a boolean or one of low, medium, high")
+        thinks = "thinking" in model.capabilities
+        if think and not thinks:
+            raise DevHttpError(400, f'"{REGISTRY}{model.name}" does not support thinking')
         text, calls = chat_reply(model, messages, bool(tools))
+        thinking = thinking_for(messages) if thinks and think is not False else ""
         prompt = " ".join(m["content"] for m in messages if isinstance(m.get("content"), str))
-        self._answer(body, model, "chat", text, calls, len(TOKEN_RE.findall(prompt)))
+        tokens = len(TOKEN_RE.findall(prompt))
+        self._answer(body, model, "chat", text, calls, tokens, thinking)
 
     def api_generate(self, body: dict[str, Any]) -> None:
         model = self._model(body)
@@ -492,10 +598,24 @@ class _Handler(BaseHTTPRequestHandler):
     def api_dev_fail(self, body: Any) -> None:
         body = body if isinstance(body, dict) else {}
         status, count = _field(body, "status", int, 503), _field(body, "count", int, 1)
+        error = _field(body, "error", str, "injected failure")
         if not 400 <= status <= 599:
             raise DevHttpError(400, "status must be between 400 and 599")
-        self.server.state.fail_next(status, count)
-        self._send_json(200, {"status": status, "count": count})
+        self.server.state.fail_next(status, count, error)
+        self._send_json(200, {"status": status, "count": count, "error": error})
+
+    def api_dev_misbehave(self, body: Any) -> None:
+        how = body if isinstance(body, dict) else {}
+        unknown = set(how) - MISBEHAVIOURS
+        if unknown:
+            raise DevHttpError(400, f"unknown misbehaviour {sorted(unknown)}")
+        _field(how, "error", str, "")
+        _field(how, "skip_done", bool, False)
+        linger = how.get("linger", 0)
+        if isinstance(linger, bool) or not isinstance(linger, int | float) or not linger >= 0:
+            raise DevHttpError(400, "linger must be a number of seconds")
+        self.server.state.misbehave(how)
+        self._send_json(200, how)
 
 
 class DevServer(ThreadingHTTPServer):
@@ -556,9 +676,21 @@ class DevInstance:
     def reset(self) -> None:
         self.server.state.reset()
 
-    def fail_next(self, status: int, count: int = 1) -> None:
+    def load(self, model: str) -> None:
+        """Mark a model loaded, as if a request had just used it."""
+        self.server.state.use(canonical_name(model))
+
+    def loaded(self) -> list[str]:
+        """The models /api/ps lists now."""
+        return list(self.server.state.loaded())
+
+    def fail_next(self, status: int, count: int = 1, error: str = "injected failure") -> None:
         """Make the next ``count`` API calls answer ``status`` (to test retries/cool-downs)."""
-        self.server.state.fail_next(status, count)
+        self.server.state.fail_next(status, count, error)
+
+    def misbehave(self, **how: Any) -> None:
+        """Answer nonsense or end streams badly, as ``POST /dev/misbehave`` does."""
+        self.server.state.misbehave(how)
 
     def __enter__(self) -> DevInstance:
         return self.start()

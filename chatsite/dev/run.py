@@ -6,6 +6,7 @@ Flask dev server.
 """
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -19,6 +20,7 @@ from pathlib import Path
 from .. import create_app, defaults
 from ..site import Site
 from ..storage.tables import create_tables
+from .instance import KNOBS
 from .ports import free_port
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ def main() -> None:
             [sys.executable, "-m", "chatsite.dev.instance", "--port", str(port)]
         )
         os.environ["CHATSITE_CHAT_INSTANCES"] = f'["http://127.0.0.1:{port}"]'
+        # Its knobs for long streams (dev_token_delay, dev_repeat) pass the options allowlist.
+        os.environ.setdefault("CHATSITE_ALLOWED_OPTIONS", json.dumps(KNOBS))
         print(f"No chat instance configured: started the dev instance on port {port}.")
     with app.app_context():
         create_tables()

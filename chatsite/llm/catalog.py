@@ -1,4 +1,4 @@
-"""Which models the chat instances serve, with their capabilities, cached briefly."""
+"""Which models the chat instances serve and have loaded, with capabilities, cached briefly."""
 
 import logging
 import threading
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .client import OllamaClient
-from .errors import InstanceError
+from .errors import INVALID_ANSWER, InstanceError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class Instance:
     cool_until: float = 0.0
     reachable: bool = False
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loaded: set[str] = field(default_factory=set)  # in memory (/api/ps): no load time
 
     def cooling(self, now: float | None = None) -> bool:
         """Tell whether the instance is resting after a failure."""
@@ -59,18 +60,73 @@ def parse_instances(value: Any) -> list[tuple[str, int]]:
     return parsed
 
 
+# What /api/show may report; other words (from a newer server) are left out.
+KNOWN_CAPABILITIES = frozenset({"completion", "tools", "insert", "vision", "thinking", "embedding"})
+MAX_NAME_CHARS = 200
+
+
+def nonsense(what: str) -> InstanceError:
+    """An answer that is not the Ollama shape: the instance is left out, like one down."""
+    return InstanceError(INVALID_ANSWER, retryable=True, detail=what)
+
+
+def _checked(value: Any, kind: type, default: Any, what: str) -> Any:
+    """`value` if of `kind` (bools are no numbers), `default` if absent, else nonsense."""
+    if value is None:
+        return default
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise nonsense(f"{what} is not a {kind.__name__}")
+    return value
+
+
+def model_entry(entry: Any) -> dict[str, Any]:
+    """Check one model of /api/tags and shape it as /models lists it (capabilities aside)."""
+    if not isinstance(entry, dict):
+        raise nonsense("tags: a model that is not an object")
+    name = _checked(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
+    if not 0 < len(name) <= MAX_NAME_CHARS or not name.isprintable() or " " in name:
+        raise nonsense("tags: a model without a usable name")
+    details = _checked(entry.get("details"), dict, {}, "tags: details")
+    size = _checked(entry.get("size"), int, 0, "tags: size")
+    if size < 0:
+        raise nonsense("tags: a negative size")
+    return {
+        "name": normalize_model(name),
+        "family": _checked(details.get("family"), str, "", "tags: family"),
+        "parameter_size": _checked(details.get("parameter_size"), str, "", "tags: parameter size"),
+        "quantization_level": _checked(
+            details.get("quantization_level"), str, "", "tags: quantization level"
+        ),
+        "size": size,
+        "modified_at": _checked(entry.get("modified_at"), str, "", "tags: modified_at"),
+        "digest": _checked(entry.get("digest"), str, "", "tags: digest"),
+    }
+
+
+def model_entries(answer: Any) -> list[dict[str, Any]]:
+    """Check the answer of /api/tags: `{"models": [model, ...]}`."""
+    models = answer.get("models") if isinstance(answer, dict) else None
+    if not isinstance(models, list):
+        raise nonsense("tags: not an object with a list of models")
+    return [model_entry(entry) for entry in models]
+
+
+def capabilities_in(answer: Any) -> list[str]:
+    """Check the answer of /api/show and return the known capabilities it reports."""
+    if not isinstance(answer, dict):
+        raise nonsense("show: not an object")
+    capabilities = answer.get("capabilities")
+    if capabilities is None:
+        return ["completion"]  # servers older than the field
+    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+        raise nonsense("show: capabilities is not a list of strings")
+    return list(dict.fromkeys(c for c in capabilities if c in KNOWN_CAPABILITIES))
+
+
 def describe(entry: dict[str, Any], capabilities: list[str]) -> dict[str, Any]:
     """Shape one model as /models lists it."""
-    details = entry.get("details") or {}
-    return {
-        "name": normalize_model(str(entry.get("name") or entry.get("model"))),
-        "family": details.get("family", ""),
-        "parameter_size": details.get("parameter_size", ""),
-        "quantization_level": details.get("quantization_level", ""),
-        "size": entry.get("size", 0),
-        "modified_at": entry.get("modified_at", ""),
-        "capabilities": capabilities,
-    }
+    listed = {key: value for key, value in entry.items() if key != "digest"}
+    return {**listed, "capabilities": capabilities}
 
 
 class ModelCatalog:
@@ -108,25 +164,38 @@ class ModelCatalog:
     def _refresh_instance(self, instance: Instance) -> None:
         try:
             models = {}
-            for entry in instance.client.tags():
-                name = normalize_model(str(entry.get("name") or entry.get("model") or ""))
-                if name != ":latest":
-                    models[name] = describe(entry, self._capabilities_of(instance, name, entry))
+            for entry in model_entries(instance.client.tags()):
+                models[entry["name"]] = describe(entry, self._capabilities_of(instance, entry))
             instance.models = models
             instance.reachable = True
-        except InstanceError as error:
-            log.warning("chat instance %s left out: %s", instance.url, error.msg)
+        except Exception as error:
+            if isinstance(error, InstanceError):
+                log.warning("chat instance %s left out: %s", instance.url, error.detail)
+            else:  # a bug here must not take /models, /healthz or other instances down
+                log.exception("chat instance %s left out", instance.url)
             instance.models = {}
+            instance.loaded = set()
             instance.reachable = False
             instance.cool_down(self.cooldown)
+            return
+        instance.loaded = self._loaded(instance)
 
-    def _capabilities_of(self, instance: Instance, name: str, entry: dict) -> list[str]:
-        key = (instance.url, name, str(entry.get("digest", "")))
+    @staticmethod
+    def _loaded(instance: Instance) -> set[str]:
+        """The models the instance has in memory; none known if it cannot tell (no /api/ps)."""
+        try:
+            entries = instance.client.running()
+        except InstanceError as error:
+            log.info("chat instance %s tells no loaded models: %s", instance.url, error.msg)
+            return set()
+        names = (str(e.get("name") or e.get("model") or "") for e in entries if isinstance(e, dict))
+        return {normalize_model(name) for name in names if name}
+
+    def _capabilities_of(self, instance: Instance, entry: dict[str, Any]) -> list[str]:
+        key = (instance.url, entry["name"], entry["digest"])
         if key not in self._capabilities:
-            capabilities = instance.client.show(name).get("capabilities")
-            self._capabilities[key] = [
-                c for c in capabilities or ["completion"] if isinstance(c, str)
-            ]
+            answer = instance.client.show(entry["name"])
+            self._capabilities[key] = capabilities_in(answer)
         return self._capabilities[key]
 
     def models(self) -> list[dict[str, Any]]:

@@ -14,30 +14,45 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from ..greenlets import gevent_active
-from .errors import InstanceError
+from .errors import (
+    CONNECTION_FAILED,
+    ENDED_EARLY,
+    INVALID_ANSWER,
+    SERVER_ERROR,
+    STOPPED,
+    TOO_SLOW,
+    UNREACHABLE,
+    InstanceError,
+    reason_for_status,
+)
 
 log = logging.getLogger(__name__)
 
+SETTLE_SECONDS = 1.0  # how long a finished answer's body may take to end before it is cut
+
 
 def _error_text(response: requests.Response) -> str:
-    """Extract Ollama's `{"error": ...}` text from a failed response, bounded."""
+    """Read Ollama's `{"error": ...}` text from a failed response, for the log."""
     try:
         body = response.raw.read(4096, decode_content=True)
         message = orjson.loads(body).get("error")
         if isinstance(message, str) and message:
-            return message[:500]
+            return message
     except Exception:
         pass
-    return f"chat server answered HTTP {response.status_code}"
+    return "no error text"
 
 
 def _checked(response: requests.Response) -> requests.Response:
-    """The response if it is a 200, else InstanceError with the server's own words."""
-    if response.status_code != 200:
-        text = _error_text(response)
+    """The response if it is a 200, else InstanceError (the server's words as its detail)."""
+    status = response.status_code
+    if status != 200:
+        detail = f"HTTP {status}: {_error_text(response)}"
         response.close()
-        retryable = response.status_code >= 500 or response.status_code == 429
-        raise InstanceError(text, status=response.status_code, retryable=retryable)
+        retryable = status >= 500 or status == 429
+        raise InstanceError(
+            reason_for_status(status), status=status, retryable=retryable, detail=detail
+        )
     return response
 
 
@@ -86,12 +101,19 @@ class ReadWatchdog:
 
 
 class InstanceStream:
-    """An open NDJSON stream; iterate for parsed lines, `close()` to stop the GPU."""
+    """An open NDJSON answer; iterate for parsed lines, `close()` to stop the GPU.
+
+    The answer is complete at its `done` line, whatever the instance does afterwards:
+    iteration stops there, and `release()` later lets the connection go.
+    """
 
     def __init__(self, response: requests.Response, deadline: float, max_line: int) -> None:
         self.response = response
         self.deadline = deadline
         self.max_line = max_line
+        self.complete = False
+        self.cancelled = False  # set from another thread or greenlet by `cancel()`
+        self._chunks: Iterator[bytes] | None = None
         self.watchdog: ReadWatchdog | None = None
 
     def watch_reads(self, read_timeout: float) -> None:
@@ -103,7 +125,7 @@ class InstanceStream:
         self.watchdog = ReadWatchdog(read_timeout, lambda: sock.shutdown(socket.SHUT_RDWR))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Yield parsed lines up to the one marked done, then read the body to its end."""
+        """Yield parsed lines up to the one marked done; a body that ends first is a failure."""
         for batch in self.batches():
             yield from batch
 
@@ -111,74 +133,116 @@ class InstanceStream:
         """Yield the parsed lines that each read of the body completed, as one list.
 
         A slow upstream's read holds one line; one that is ahead of us (or a busy worker
-        that is behind) gets many per read, and a relay can then answer them with one write.
-        Lines after the one marked done are not yielded. A body read to its end lets the
-        connection go back to the pool for the next request; only a stream abandoned
-        part-way has its connection closed. The body is read straight from urllib3 (one
-        chunk of the chunked encoding per read, decoded if the server compressed it),
-        without requests' wrapper around it.
+        that is behind) gets many per read, and a relay can then answer them with one
+        write. The last batch ends with the line marked done; a body that ends first is a
+        failure. The body is read straight from urllib3 (one chunk of the chunked encoding
+        per read, decoded if the server compressed it), without requests' wrapper.
         """
-        done = False
         buffer = b""
         watchdog = self.watchdog
-        chunks = self.response.raw.stream(None, decode_content=True)
+        self._chunks = self.response.raw.stream(None, decode_content=True)
         try:
             while True:
                 if watchdog is not None:
                     watchdog.waiting_since = time.monotonic()
-                chunk = next(chunks, None)
+                chunk = next(self._chunks, None)
                 if watchdog is not None:
                     watchdog.waiting_since = None
                 if chunk is None:
                     break
+                if self.cancelled:
+                    raise InstanceError(STOPPED)
                 if time.monotonic() > self.deadline:
-                    raise InstanceError("chat server took too long")
-                if done:
-                    continue
+                    raise InstanceError(TOO_SLOW)
                 buffer = buffer + chunk if buffer else chunk
                 *lines, buffer = buffer.split(b"\n")
                 batch = []
                 for line in lines:
-                    if line.strip() and not done:
+                    if line.strip():
                         try:
                             data = self._parse(line)
                         except InstanceError:
                             if batch:  # the lines before the bad one still go out
                                 yield batch
                             raise
-                        done = data.get("done") is True
                         batch.append(data)
+                        if data.get("done") is True:
+                            self.complete = True
+                            yield batch
+                            return
                 if batch:
                     yield batch
                 if len(buffer) > self.max_line:
-                    raise InstanceError("chat server sent an oversized line")
+                    raise InstanceError(INVALID_ANSWER, detail="an oversized line")
         except (urllib3.exceptions.HTTPError, OSError) as error:
+            if self.cancelled:
+                raise InstanceError(STOPPED) from None
             if watchdog is not None and watchdog.fired:
-                raise InstanceError("chat server connection failed: read timed out") from None
-            raise InstanceError(f"chat server connection failed: {type(error).__name__}") from None
+                raise InstanceError(CONNECTION_FAILED, detail="read timed out") from None
+            raise InstanceError(CONNECTION_FAILED, detail=type(error).__name__) from None
+        except Exception:
+            if self.cancelled:  # closed under the reader's feet: http.client fails as it may
+                raise InstanceError(STOPPED) from None
+            raise
         finally:
             if watchdog is not None:
                 watchdog.stop()
-        if buffer.strip() and not done:
-            yield [self._parse(buffer)]
+        if self.cancelled:
+            raise InstanceError(STOPPED)  # a close from another greenlet can look like an end
+        if buffer.strip():
+            data = self._parse(buffer)
+            self.complete = data.get("done") is True
+            yield [data]
+        if not self.complete:
+            raise InstanceError(ENDED_EARLY)
 
     @staticmethod
     def _parse(line: bytes) -> dict[str, Any]:
         try:
             data = orjson.loads(line)
         except orjson.JSONDecodeError:
-            raise InstanceError("chat server sent invalid JSON") from None
+            raise InstanceError(INVALID_ANSWER, detail="a line that is not JSON") from None
         if not isinstance(data, dict):
-            raise InstanceError("chat server sent an unexpected line")
+            raise InstanceError(INVALID_ANSWER, detail="a line that is not an object")
         if "error" in data:
-            raise InstanceError(f"chat server error: {str(data['error'])[:500]}")
+            raise InstanceError(SERVER_ERROR, detail=data["error"])
         return data
 
+    def cancel(self) -> None:
+        """Make the reader stop at the next piece (a thread blocked in a read cannot be woken)."""
+        self.cancelled = True
+
     def close(self) -> None:
-        """Close the connection, so the instance stops generating."""
+        """Close the connection so the instance stops generating, unless the answer is done."""
         if self.watchdog is not None:
             self.watchdog.stop()
-        self.response.close()
+        if not self.complete:
+            self.response.close()
+
+    def release(self, grace: float = SETTLE_SECONDS) -> None:
+        """Let the connection go: back to the pool if the body ends within `grace`, else closed.
+
+        Call it once the client has its answer: a quiet instance then costs nobody a wait.
+        """
+        if not (self.complete and self._read_rest(grace)):
+            self.response.close()
+
+    def _read_rest(self, grace: float) -> bool:
+        """Read what follows the done line (normally just the body's end), briefly."""
+        connection = self.response.raw.connection
+        if connection is None or self._chunks is None:
+            return connection is None  # None: already read to its end and pooled
+        try:
+            if connection.sock is not None:
+                connection.sock.settimeout(grace)  # the pool sets its own on the next request
+            deadline, extra = time.monotonic() + grace, 0
+            for chunk in self._chunks:
+                extra += len(chunk)
+                if extra > self.max_line or time.monotonic() > deadline:
+                    return False
+        except Exception:  # timed out or broken: this connection cannot be reused
+            return False
+        return True
 
 
 class OllamaClient:
@@ -209,32 +273,9 @@ class OllamaClient:
                 method, self.base_url + path, timeout=timeout, allow_redirects=False, **kwargs
             )
         except requests.RequestException as error:
-            raise InstanceError(
-                f"chat server unreachable: {type(error).__name__}", retryable=True
-            ) from None
+            reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
+            raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
         return _checked(response)
-
-    def get_json(self, method: str, path: str, body: dict | None = None) -> dict[str, Any]:
-        """Make a short, non-streamed call (tags, show) and return its JSON."""
-        timeout = (self.timeout[0], min(self.timeout[1], 10.0))
-        data = orjson.dumps(body) if body else None
-        response = self._request(method, path, timeout, data=data, stream=True)
-        try:
-            content = response.raw.read(self.max_line * 8, decode_content=True)
-            return orjson.loads(content)
-        except (orjson.JSONDecodeError, requests.RequestException, OSError) as error:
-            raise InstanceError(f"chat server sent a bad answer: {error}", retryable=True) from None
-        finally:
-            response.close()
-
-    def tags(self) -> list[dict[str, Any]]:
-        """List the models this instance serves."""
-        models = self.get_json("GET", "/api/tags").get("models")
-        return models if isinstance(models, list) else []
-
-    def show(self, model: str) -> dict[str, Any]:
-        """Describe one model, including its capabilities."""
-        return self.get_json("POST", "/api/show", {"model": model})
 
     def _post_stream(self, path: str, body: bytes) -> requests.Response:
         """POST a JSON body and return the response once its head is in.
@@ -252,10 +293,36 @@ class OllamaClient:
         try:
             response = self.adapter.send(request, stream=True, timeout=self.timeout)
         except requests.RequestException as error:
-            raise InstanceError(
-                f"chat server unreachable: {type(error).__name__}", retryable=True
-            ) from None
+            reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
+            raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
         return _checked(response)
+
+    def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
+        """Make a short, non-streamed call (tags, show) and return its JSON, unchecked."""
+        timeout = (self.timeout[0], min(self.timeout[1], 10.0))
+        data = orjson.dumps(body) if body else None
+        response = self._request(method, path, timeout, data=data, stream=True)
+        try:
+            content = response.raw.read(self.max_line * 8, decode_content=True)
+            return orjson.loads(content)
+        except (orjson.JSONDecodeError, requests.RequestException, OSError) as error:
+            raise InstanceError(INVALID_ANSWER, retryable=True, detail=error) from None
+        finally:
+            response.close()
+
+    def tags(self) -> Any:
+        """Ask which models this instance serves (the catalog checks the answer's shape)."""
+        return self.get_json("GET", "/api/tags")
+
+    def running(self) -> list[dict[str, Any]]:
+        """List the models this instance has loaded in memory (Ollama's /api/ps)."""
+        data = self.get_json("GET", "/api/ps")
+        models = data.get("models") if isinstance(data, dict) else None
+        return models if isinstance(models, list) else []
+
+    def show(self, model: str) -> Any:
+        """Ask for one model's description, with its capabilities (checked by the catalog)."""
+        return self.get_json("POST", "/api/show", {"model": model})
 
     def stream(self, path: str, payload: dict[str, Any]) -> InstanceStream:
         """Start a streamed call; errors before the first byte raise InstanceError."""

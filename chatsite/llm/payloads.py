@@ -20,13 +20,16 @@ def chat_payload(
     system: str,
     options: dict[str, Any] | None = None,
     tools: list[dict[str, Any]] | None = None,
+    think: bool | None = None,
 ) -> dict[str, Any]:
-    """The body of /api/chat."""
+    """The body of /api/chat; `think` None leaves thinking to the model's default."""
     payload: dict[str, Any] = {"model": model, "messages": upstream_messages(messages, system)}
     if options is not None:
         payload["options"] = options
     if tools:
         payload["tools"] = tools
+    if think is not None:
+        payload["think"] = think
     return payload
 
 

@@ -1,11 +1,18 @@
-"""Share the chat instances out: a slot on the least-loaded one, failover, 504."""
+"""Share the chat instances out: a fair line per model, then a slot on the best instance.
+
+Requests for a model are served in arrival order: one that finds the model's line empty
+and a slot free goes at once; otherwise it joins the line (`QueueFull` past `max_queue`),
+and only the head of the line takes a slot. Among instances with a free slot, one that has
+the model loaded goes first, then the least loaded; a full one is skipped at once.
+"""
 
 import logging
 import time
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..coordination import Coordinator, Lease
+from ..coordination import Coordinator, Lease, Ticket
 from .catalog import Instance, ModelCatalog
 from .client import InstanceStream
 from .errors import (
@@ -13,12 +20,15 @@ from .errors import (
     InstanceFailed,
     InstanceRefused,
     NoInstanceAvailable,
+    QueueFull,
     UnknownModel,
 )
 
 log = logging.getLogger(__name__)
 
-WAIT_STEP = 0.25  # re-check for a free slot at least this often while waiting
+# A waiter looks at the line at least this often even when nobody wakes it: this is how
+# long a waiter of a killed worker (on a crashed Redis host: its heartbeat) holds the line.
+WAIT_STEP = 0.5
 
 
 @dataclass
@@ -34,58 +44,92 @@ class Slot:
 
 
 class InstancePool:
-    """Give each request a slot on an instance that serves its model."""
+    """Give each request, in its turn, a slot on an instance that serves its model."""
 
     def __init__(
-        self, catalog: ModelCatalog, coordinator: Coordinator, wait_timeout: float, cooldown: float
+        self,
+        catalog: ModelCatalog,
+        coordinator: Coordinator,
+        wait_timeout: float,
+        cooldown: float,
+        max_queue: int = 100,
     ) -> None:
         self.catalog = catalog
         self.coordinator = coordinator
         self.wait_timeout = wait_timeout
         self.cooldown = cooldown
+        self.max_queue = max_queue
 
-    def _try_slot(self, candidates: list[Instance]) -> Slot | None:
+    def _try_slot(self, model: str, candidates: list[Instance]) -> Slot | None:
         coordinator = self.coordinator
 
-        def load(instance: Instance) -> float:
-            return coordinator.slots_in_use(instance.url) / instance.max_concurrent
+        def preference(instance: Instance) -> tuple[bool, float]:
+            load = coordinator.slots_in_use(instance.url) / instance.max_concurrent
+            return model not in instance.loaded, load
 
         # Counting slots costs a lookup per slot with some coordinators: only to choose.
-        ordered = sorted(candidates, key=load) if len(candidates) > 1 else candidates
+        ordered = sorted(candidates, key=preference) if len(candidates) > 1 else candidates
         for instance in ordered:
             lease = coordinator.try_acquire_slot(instance.url, instance.max_concurrent)
             if lease is not None:
                 return Slot(instance, lease)
         return None
 
-    def acquire(self, model: str, deadline: float, exclude: set[str] = frozenset()) -> Slot:
-        """Wait until `deadline` for a slot on an instance serving `model`."""
-        while True:
-            now = time.monotonic()
-            candidates = [
-                i
-                for i in self.catalog.instances_for(model)
-                if i.url not in exclude and not i.cooling(now)
-            ]
-            if not candidates:
-                raise NoInstanceAvailable()
-            slot = self._try_slot(candidates)
-            if slot is not None:
-                return slot
-            if now >= deadline:
-                raise NoInstanceAvailable()
-            self.coordinator.wait_for_release(min(WAIT_STEP, deadline - now))
+    def admit(self, model: str, path: str, payload: dict[str, Any]) -> "Admission":
+        """Start a request's way to an upstream stream (see `Admission`)."""
+        return Admission(self, model, path, payload)
 
-    def open_stream(
-        self, model: str, path: str, payload: dict[str, Any]
-    ) -> tuple[Slot, InstanceStream]:
+
+class Admission:
+    """One request's way to its upstream stream: its place in line, a slot, the stream.
+
+    Iterate `steps()` to drive it: it yields the request's place in line (1 = next) each time
+    it may have changed (and at least every `WAIT_STEP`), and ends with `slot` and `upstream`
+    set. Stopping the iteration (closing it) leaves the line; `close()` gives everything back.
+    """
+
+    def __init__(self, pool: InstancePool, model: str, path: str, payload: dict[str, Any]) -> None:
+        self.pool = pool
+        self.model = model
+        self.path = path
+        self.payload = payload
+        self.deadline = time.monotonic() + pool.wait_timeout
+        self.ticket: Ticket | None = None
+        self.slot: Slot | None = None
+        self.upstream: InstanceStream | None = None
+        # True when the request no longer wants a slot (stopped, client gone): at the head
+        # of the line it then takes none, and its owner ends the wait at the next step.
+        self.giving_up: Callable[[], bool] = lambda: False
+
+    def steps(self) -> Generator[int, None, None]:
+        """Yield places in line until the upstream stream is open; see the class."""
+        try:
+            yield from self._open()
+        finally:
+            self.leave_line()
+
+    def wake(self) -> None:
+        """End the current wait at once (a stop request)."""
+        if self.ticket is not None:
+            self.ticket.wake()
+
+    def leave_line(self) -> None:
+        if self.ticket is not None:
+            self.ticket.leave()
+
+    def close(self) -> None:
+        """Leave the line and give the slot back (idempotent)."""
+        self.leave_line()
+        if self.slot is not None:
+            self.slot.release()
+
+    def _open(self) -> Iterator[int]:
         """Take a slot and start the upstream stream, trying another instance on failure."""
-        deadline = time.monotonic() + self.wait_timeout
         tried: set[str] = set()
         last_error: InstanceError | None = None
         while True:
             try:
-                slot = self.acquire(model, deadline, tried)
+                slot = yield from self._slot(tried)
             except NoInstanceAvailable:
                 if last_error is None:
                     raise
@@ -94,17 +138,52 @@ class InstancePool:
                     raise UnknownModel(last_error.msg) from None
                 raise InstanceFailed(last_error.msg) from None
             try:
-                return slot, slot.instance.client.stream(path, payload)
+                self.upstream = slot.instance.client.stream(self.path, self.payload)
             except InstanceError as error:
                 slot.release()
+                log.warning("chat instance %s did not start: %s", slot.instance.url, error.detail)
                 if error.status == 404:
                     tried.add(slot.instance.url)  # stale catalog: another may serve it
                 elif error.retryable:
-                    slot.instance.cool_down(self.cooldown)
+                    slot.instance.cool_down(self.pool.cooldown)
                     tried.add(slot.instance.url)
                 else:
                     raise InstanceRefused(error.msg) from None
                 last_error = error
+                continue
             except BaseException:
                 slot.release()
                 raise
+            self.slot = slot
+            slot.instance.loaded.add(self.model)  # it is now, whatever /api/ps said
+            return
+
+    def _slot(self, tried: set[str]) -> Generator[int, None, Slot]:
+        """Wait in line for a slot on an instance serving the model, not in `tried`."""
+        pool, coordinator = self.pool, self.pool.coordinator
+        while True:
+            now = time.monotonic()
+            candidates = [
+                i
+                for i in pool.catalog.instances_for(self.model)
+                if i.url not in tried and not i.cooling(now)
+            ]
+            if not candidates:
+                raise NoInstanceAvailable()
+            if self.ticket is None:
+                if not coordinator.waiting(self.model):
+                    slot = pool._try_slot(self.model, candidates)
+                    if slot is not None:
+                        return slot
+                self.ticket = coordinator.join_queue(self.model, pool.max_queue)
+                if self.ticket is None:
+                    raise QueueFull()
+            position = self.ticket.position()
+            if position == 1 and not self.giving_up():
+                slot = pool._try_slot(self.model, candidates)
+                if slot is not None:
+                    return slot
+            if now >= self.deadline:
+                raise NoInstanceAvailable()
+            yield position
+            self.ticket.wait(min(WAIT_STEP, self.deadline - time.monotonic()))

@@ -4,6 +4,8 @@ import contextlib
 import logging
 import uuid
 
+from peewee import fn
+
 from .database import write_transaction
 from .tables import Chat, utcnow
 from .transcripts import TranscriptMissing, TranscriptStore
@@ -29,16 +31,40 @@ class ChatNotCreated(Exception):
     """The record or the transcript could not be written; neither is left behind."""
 
 
-def create_chat(store: TranscriptStore, user_id: str, max_chats: int) -> str:
+class ChatStorageFull(Exception):
+    """The user's chats would take more than the bytes allowed per user."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"chat storage full: your chats may take at most {limit} bytes in all")
+
+
+def storage_used(user_id: str, except_chat: str | None = None) -> int:
+    """Bytes the user's chats take in the transcript store (all, or all but one)."""
+    query = Chat.select(fn.COALESCE(fn.SUM(Chat.transcript_bytes), 0)).where(Chat.owner == user_id)
+    if except_chat is not None:
+        query = query.where(Chat.id != except_chat)
+    return int(query.scalar())
+
+
+def ensure_room(user_id: str, chat_id: str | None, size: int, limit: int) -> None:
+    """Raise ChatStorageFull unless the chat can take `size` bytes within the user's bound."""
+    if storage_used(user_id, except_chat=chat_id) + size > limit:
+        raise ChatStorageFull(limit)
+
+
+def create_chat(store: TranscriptStore, user_id: str, max_chats: int, max_bytes: int) -> str:
     """Create an empty chat: record and transcript are made together or not at all."""
     chat_id = str(uuid.uuid4())
     try:
-        with write_transaction():
+        # The transcript is written (and synced) first; the write lock is held only for
+        # the checks, the INSERT and a rename.
+        with store.stage(user_id, chat_id, [], new=True) as staged, write_transaction():
             if Chat.select().where(Chat.owner == user_id).count() >= max_chats:
                 raise ChatLimitReached(max_chats)
-            Chat.create(id=chat_id, owner=user_id, name=NEW_CHAT_NAME)
-            store.create(user_id, chat_id, [])
-    except ChatLimitReached:
+            ensure_room(user_id, None, staged.size, max_bytes)
+            Chat.create(id=chat_id, owner=user_id, name=NEW_CHAT_NAME, transcript_bytes=staged.size)
+            staged.commit()
+    except (ChatLimitReached, ChatStorageFull):
         raise
     except Exception:
         log.exception("could not create chat %s", chat_id)
@@ -77,11 +103,38 @@ def name_from(messages: list[dict]) -> str | None:
 
 
 def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list[dict]) -> None:
-    """Replace a chat's messages, renaming a "New chat" from its first user message."""
-    with write_transaction():
+    """Replace a chat's messages, renaming a "New chat" from its first user message.
+
+    The transcript is staged before the write lock is taken, and becomes the chat's only
+    if the record is updated with it: a locked database never waits on a disk write, and
+    record and transcript change together or not at all.
+    """
+    with store.stage(user_id, chat_id, messages) as staged, write_transaction():
         chat = find_chat(user_id, chat_id)
-        changes = {Chat.updated_at: utcnow(), Chat.message_count: len(messages)}
+        changes = {
+            Chat.updated_at: utcnow(),
+            Chat.message_count: len(messages),
+            Chat.transcript_bytes: staged.size,
+        }
         if chat.name == NEW_CHAT_NAME and (name := name_from(messages)):
             changes[Chat.name] = name
         Chat.update(changes).where(Chat.id == chat_id).execute()
-        store.write(user_id, chat_id, messages)
+        staged.commit()
+
+
+def count_unsized_chats(store: TranscriptStore) -> int:
+    """Record the size of every transcript saved before sizes were kept; return how many.
+
+    `init-db` runs it: chats of an older database count against the storage bound from
+    then on.
+    """
+    counted = 0
+    unsized = Chat.select(Chat.id, Chat.owner).where(Chat.transcript_bytes == 0).tuples()
+    for chat_id, user_id in list(unsized):
+        try:
+            size = store.size(user_id, chat_id)
+        except TranscriptMissing:
+            continue
+        Chat.update(transcript_bytes=size).where(Chat.id == chat_id).execute()
+        counted += 1
+    return counted

@@ -1,10 +1,14 @@
 """Tables: users, their chats' records, and the chats' transcripts when kept in the database."""
 
 import datetime
+import logging
 
-from peewee import CharField, DateTimeField, ForeignKeyField, IntegerField, TextField
+from peewee import SQL, CharField, DateTimeField, ForeignKeyField, IntegerField, TextField
+from playhouse.migrate import SchemaMigrator, migrate
 
 from .database import BaseModel, db
+
+log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime.datetime:
@@ -35,6 +39,10 @@ class Chat(BaseModel):
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow)
     message_count = IntegerField(default=0)
+    # What its transcript takes in the store, counted against MAX_STORAGE_PER_USER. The SQL
+    # default lets `init-db` add the column to an older database in place (0: not counted
+    # yet; an empty chat takes 2 bytes, "[]", so a saved chat is never 0).
+    transcript_bytes = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
     class Meta:
         table_name = "chat_files"  # the name it had when every transcript was a file
@@ -63,7 +71,27 @@ class ChatTranscript(BaseModel):
 ALL_TABLES = [User, Chat, ChatTranscript]
 
 
-def create_tables() -> None:
-    """Create every table that is missing (idempotent)."""
+def create_tables() -> list[str]:
+    """Create every table that is missing and add the columns older databases lack.
+
+    Idempotent; returns the columns it added ("table.column").
+    """
     with db.connection_context():
         db.create_tables(ALL_TABLES, safe=True)
+        return add_missing_columns()
+
+
+def add_missing_columns() -> list[str]:
+    """Add, in place, every column a table of an older database lacks."""
+    migrator = SchemaMigrator.from_database(db)
+    added = []
+    for table in ALL_TABLES:
+        name = table._meta.table_name
+        present = {column.name for column in db.get_columns(name)}
+        for field in table._meta.sorted_fields:
+            if field.column_name not in present:
+                # Every such field carries an SQL default: one ALTER TABLE, no table rebuild.
+                migrate(migrator.add_column(name, field.column_name, field, allow_not_null=True))
+                added.append(f"{name}.{field.column_name}")
+                log.info("added column %s.%s", name, field.column_name)
+    return added

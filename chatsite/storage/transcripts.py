@@ -1,12 +1,18 @@
 """Where a chat's transcript (its messages) lives: JSON files (default) or the database."""
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from peewee import fn
 
 from ..ids import canonical_uuid
 from .tables import ChatTranscript
@@ -21,16 +27,77 @@ class TranscriptMissing(LookupError):
     """The chat's transcript is not in the store."""
 
 
-class TranscriptStore(Protocol):
-    """Read and write a chat's list of messages; ids are already checked uuids."""
+class StagedTranscript(Protocol):
+    """A transcript written ahead, to be made the chat's own inside the row's transaction."""
 
-    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
+    size: int  # bytes the store keeps for it
+
+    def commit(self) -> None: ...
+
+
+class TranscriptStore(Protocol):
+    """Read and write a chat's list of messages; ids are already checked uuids.
+
+    Writing is staged, so that the slow part (encoding, writing, fsync) happens before the
+    database's write lock is taken, and the transaction holds it only for a rename or one
+    UPDATE: `with store.stage(...) as staged, write_transaction(): ...; staged.commit()`.
+    """
+
+    def stage(
+        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+    ) -> AbstractContextManager[StagedTranscript]: ...
+    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> int: ...
+    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> int: ...
     def read(self, user_id: str, chat_id: str) -> list[dict]: ...
-    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None: ...
+    def size(self, user_id: str, chat_id: str) -> int: ...
     def delete(self, user_id: str, chat_id: str) -> None: ...
 
 
-class FileTranscriptStore:
+class StagedWrites:
+    """`create` and `write` in one step, for writes with no row to keep in step."""
+
+    def stage(
+        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+    ) -> AbstractContextManager[StagedTranscript]:
+        raise NotImplementedError
+
+    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> int:
+        """Store a new chat's transcript; return the bytes kept."""
+        with self.stage(user_id, chat_id, messages, new=True) as staged:
+            staged.commit()
+        return staged.size
+
+    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> int:
+        """Replace a chat's transcript; return the bytes kept."""
+        with self.stage(user_id, chat_id, messages) as staged:
+            staged.commit()
+        return staged.size
+
+
+def transcript_size(messages: list[dict]) -> int:
+    """About how many bytes a transcript of these messages takes (UTF-8 JSON)."""
+    return len(json.dumps(messages, ensure_ascii=False).encode())
+
+
+@dataclass
+class StagedFile:
+    """A chat file written and synced beside its place; `commit` renames it over."""
+
+    path: Path
+    temp: Path
+    size: int
+    new: bool
+    committed: bool = False
+
+    def commit(self) -> None:
+        """Make it the chat's file (one atomic rename)."""
+        if self.new and self.path.exists():
+            raise FileExistsError(f"chat file {self.path.name} exists")
+        os.replace(self.temp, self.path)
+        self.committed = True
+
+
+class FileTranscriptStore(StagedWrites):
     """Chats as `<root>/<user uuid>/<chat uuid>.json`, written atomically."""
 
     def __init__(self, root: str | os.PathLike) -> None:
@@ -44,12 +111,26 @@ class FileTranscriptStore:
             raise ValueError("chat path escapes the chat folder")
         return path
 
-    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
-        """Write a new chat file."""
+    @contextlib.contextmanager
+    def stage(
+        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+    ) -> Iterator[StagedFile]:
+        """Write the file beside its place and fsync it; after a commit, sync the folder."""
         path = self.path(user_id, chat_id)
-        if path.exists():
-            raise FileExistsError(f"chat {chat_id} exists")
-        self._write_atomic(path, messages)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(messages, ensure_ascii=False).encode()
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
+        staged = StagedFile(path, Path(temp), len(data), new)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            yield staged
+        finally:
+            if not staged.committed:
+                staged.temp.unlink(missing_ok=True)
+        self._sync_folder(path.parent)  # the rename survives a crash from here on
 
     def read(self, user_id: str, chat_id: str) -> list[dict]:
         """Return the chat's messages."""
@@ -59,9 +140,12 @@ class FileTranscriptStore:
         except FileNotFoundError:
             raise TranscriptMissing(chat_id) from None
 
-    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
-        """Replace the chat's messages in one atomic step."""
-        self._write_atomic(self.path(user_id, chat_id), messages)
+    def size(self, user_id: str, chat_id: str) -> int:
+        """The chat file's size in bytes, without reading it."""
+        try:
+            return self.path(user_id, chat_id).stat().st_size
+        except FileNotFoundError:
+            raise TranscriptMissing(chat_id) from None
 
     def delete(self, user_id: str, chat_id: str) -> None:
         """Remove the chat file if it is there."""
@@ -83,21 +167,7 @@ class FileTranscriptStore:
         return removed
 
     @staticmethod
-    def _write_atomic(path: Path, messages: list[dict]) -> None:
-        """Write beside the target, fsync, rename over it, fsync the folder."""
-        folder = path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(messages, ensure_ascii=False).encode()
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".json")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+    def _sync_folder(folder: Path) -> None:
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -105,12 +175,41 @@ class FileTranscriptStore:
             os.close(dir_fd)
 
 
-class DatabaseTranscriptStore:
+@dataclass
+class StagedRow:
+    """A transcript encoded ahead; `commit` stores it inside the caller's transaction."""
+
+    chat_id: str
+    text: str
+    new: bool
+    size: int = 0
+
+    def __post_init__(self) -> None:
+        self.size = len(self.text.encode())
+
+    def commit(self) -> None:
+        """Insert (a new chat) or replace the chat's contents row."""
+        if self.new:
+            ChatTranscript.insert(chat=self.chat_id, messages=self.text).execute()
+            return
+        updated = (
+            ChatTranscript.update(messages=self.text)
+            .where(ChatTranscript.chat == self.chat_id)
+            .execute()
+        )
+        if not updated:
+            raise TranscriptMissing(self.chat_id)
+
+
+class DatabaseTranscriptStore(StagedWrites):
     """Chats as JSON in the database, so that hosts sharing PostgreSQL share chats."""
 
-    def create(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
-        """Insert the chat's contents (inside the caller's transaction)."""
-        ChatTranscript.insert(chat=canonical_uuid(chat_id), messages=json.dumps(messages)).execute()
+    @contextlib.contextmanager
+    def stage(
+        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+    ) -> Iterator[StagedRow]:
+        """Encode the messages now; the row is written by `commit`."""
+        yield StagedRow(canonical_uuid(chat_id), json.dumps(messages), new)
 
     def read(self, user_id: str, chat_id: str) -> list[dict]:
         """Return the chat's messages."""
@@ -119,15 +218,16 @@ class DatabaseTranscriptStore:
             raise TranscriptMissing(chat_id)
         return json.loads(row.messages)
 
-    def write(self, user_id: str, chat_id: str, messages: list[dict]) -> None:
-        """Replace the chat's messages."""
-        updated = (
-            ChatTranscript.update(messages=json.dumps(messages))
+    def size(self, user_id: str, chat_id: str) -> int:
+        """The length of the chat's JSON text, without fetching it."""
+        size = (
+            ChatTranscript.select(fn.LENGTH(ChatTranscript.messages))
             .where(ChatTranscript.chat == canonical_uuid(chat_id))
-            .execute()
+            .scalar()
         )
-        if not updated:
+        if size is None:
             raise TranscriptMissing(chat_id)
+        return int(size)
 
     def delete(self, user_id: str, chat_id: str) -> None:
         """Remove the contents row if it is there."""

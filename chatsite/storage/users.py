@@ -31,7 +31,7 @@ def find_user(user_id: str, create: bool) -> User | None:
     user = _get_user(user_id)
     if user is None and create:
         try:
-            with db.atomic():
+            with write_transaction():  # SQLite: waits for the write lock at BEGIN, cooperatively
                 User.insert(uuid=user_id).on_conflict_ignore().execute()
         except IntegrityError:  # pragma: no cover - a racing insert won; read it below
             pass

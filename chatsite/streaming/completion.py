@@ -20,4 +20,7 @@ class GenerateReply(StreamedReply):
             if out:
                 yield out[0] if len(out) == 1 else b"".join(out)
         self.finish(complete=True)
-        yield ndjson_line({"status": "ok", "response": "", "finalMsg": "".join(pieces)})
+        yield ndjson_line(self.last_line())
+
+    def last_line(self) -> dict:
+        return {"status": "ok", "response": "", "finalMsg": "".join(self.pieces)}

@@ -1,20 +1,24 @@
-"""/chat's stream: relay the reply, run tools for the model, save the chat file."""
+"""/chat's stream: relay the reply and its thinking, run tools for the model, save the chat."""
 
 import datetime
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ..coordination import Lease
-from ..llm.client import InstanceStream
-from ..llm.pool import Slot
+from ..llm.errors import INVALID_ANSWER, InstanceError
+from ..llm.pool import Admission
 from ..tools import ToolContext, ToolRegistry
+from ..tools.arguments import too_deep
+from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
 from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
 
 log = logging.getLogger(__name__)
 
-TOO_MANY_ROUNDS = "\n\n[stopped: the model asked for tools too many times]"
+TOO_MANY_CALLS = "error: too many tool calls in one round (at most {max_calls}): not run"
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `timestamp()` writes
 
 
 def timestamp() -> str:
@@ -23,9 +27,26 @@ def timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def stamped(messages: list[dict]) -> list[dict]:
-    """Give every message a timestamp, keeping the ones it has."""
-    now = timestamp()
+class Clock:
+    """Timestamps for one request that never go backwards, even if the wall clock does.
+
+    It starts after the latest stamp in the chat that it wrote itself (same format), so a
+    chat's stamps keep their order across requests too.
+    """
+
+    def __init__(self, messages: Iterable[dict] = ()) -> None:
+        stamps = (m.get("timestamp") for m in messages)
+        self.last = max((s for s in stamps if isinstance(s, str) and STAMP.match(s)), default="")
+
+    def now(self) -> str:
+        """The later of now and the last stamp given."""
+        self.last = max(timestamp(), self.last)
+        return self.last
+
+
+def stamped(messages: list[dict], clock: Clock) -> list[dict]:
+    """Give every message a timestamp (one for all: they arrived together), keeping theirs."""
+    now = clock.now()
     return [
         message if "timestamp" in message else {**message, "timestamp": now} for message in messages
     ]
@@ -47,6 +68,14 @@ def clean_tool_call(call: Any) -> dict:
     return cleaned
 
 
+def without_deep_arguments(call: dict) -> dict:
+    """The call as sent back to the model and saved: arguments too deep to encode again are
+    dropped (the tool's answer says why)."""
+    if not too_deep(call["function"]["arguments"]):
+        return call
+    return {**call, "function": {**call["function"], "arguments": {}}}
+
+
 @dataclass
 class ToolRunner:
     """Everything the tool loop needs: the registry, the caller's context, limits."""
@@ -55,97 +84,168 @@ class ToolRunner:
     context: ToolContext
     timeout: float
     max_rounds: int
+    max_calls: int
 
 
 class ChatReply(StreamedReply):
-    """Relay `/api/chat`, answering tool calls on the same slot, and save the exchange."""
+    """Relay `/api/chat`, answering tool calls on the same slot, and save the exchange.
+
+    Each text is saved once: a round's text and thinking go with its tool calls, and the
+    saved reply holds only what came after the last tool round.
+    """
 
     def __init__(
         self,
-        slot: Slot,
-        upstream: InstanceStream,
+        admission: Admission,
         user_lease: Lease,
         payload: dict[str, Any],
         request_messages: list[dict],
+        room: ReplyRoom,
+        clock: Clock,
         tools: ToolRunner | None = None,
         save: Callable[[list[dict]], None] | None = None,
     ) -> None:
-        super().__init__(slot, upstream, user_lease)
+        super().__init__(admission, user_lease)
         self.payload = payload
-        self.request_messages = request_messages
+        self.request_messages = request_messages  # stamped when the request arrived
+        self.room = room
+        self.clock = clock
         self.tools = tools
         self.save = save
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
-        self.round_pieces: list[str] = []
+        self.content: list[str] = []  # this round's text
+        self.thinking: list[str] = []  # this round's thinking
 
     def produce(self) -> Iterator[bytes]:
         rounds = 0
         while True:
-            tool_calls = yield from self._relay_round()
-            if not tool_calls or self.tools is None:
+            calls = yield from self._relay_round()
+            if not calls or self.tools is None:
                 break
+            assistant = self._tool_round_message(calls)
             if rounds >= self.tools.max_rounds:
-                self.pieces.append(TOO_MANY_ROUNDS)
-                self.round_pieces.append(TOO_MANY_ROUNDS)
-                yield ndjson_line({"status": "ok", "msg": TOO_MANY_ROUNDS, "done": False})
+                yield self._end_with(TOO_MANY_ROUNDS)
+                break
+            if not self.room.take_tool_round(assistant, len(calls)):
+                yield self._end_with(LENGTH_NOTE)
                 break
             rounds += 1
-            yield from self._run_tools(tool_calls)
+            yield from self._run_tools(assistant, calls)
+            self.upstream.release()
             self.upstream = self.slot.instance.client.stream("/api/chat", self.payload)
         if not self.finish(complete=True):
             yield error_line(NOT_SAVED)
             return
-        yield ndjson_line(
-            {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
-        )
+        yield ndjson_line(self.last_line())
+
+    def last_line(self) -> dict:
+        return {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
 
     def _relay_round(self) -> Iterator[bytes]:
-        """Stream one upstream answer to the client; return the tool calls it asked for."""
-        self.round_pieces = []
-        tool_calls: list[dict] = []
+        """Stream one upstream answer to the client; return the tool calls it asked for.
+
+        A text that reaches its limit ends the reply: the upstream is left unread (and
+        closed by `finish`), and no tool is run.
+        """
+        self.content, self.thinking = [], []
+        calls: list[dict] = []
         for batch in self.upstream.batches():
-            out = []  # the lines that came in one read go out in one write
-            for line in batch:
-                message = line.get("message") or {}
-                piece = message.get("content")
-                if piece:
-                    self.pieces.append(piece)
-                    self.round_pieces.append(piece)
-                    out.append(ndjson_line({"status": "ok", "msg": piece, "done": False}))
-                if isinstance(message.get("tool_calls"), list):
-                    tool_calls.extend(clean_tool_call(call) for call in message["tool_calls"])
+            out: list[bytes] = []  # the lines that came in one read go out in one write
+            try:
+                for line in batch:
+                    message = line.get("message") or {}
+                    if not isinstance(message, dict):
+                        raise InstanceError(
+                            INVALID_ANSWER, detail="a message that is not an object"
+                        )
+                    for kind in ("thinking", "content"):
+                        piece = message.get(kind)
+                        if not piece:
+                            continue
+                        if not isinstance(piece, str):
+                            raise InstanceError(
+                                INVALID_ANSWER, detail=f"a {kind} that is not a string"
+                            )
+                        fitted, full = self.room.take(kind, piece)
+                        if fitted:
+                            out.append(self._relay(kind, fitted))
+                        if full:
+                            out.append(self._end_with(LENGTH_NOTE))
+                            yield b"".join(out)
+                            return []
+                    if isinstance(message.get("tool_calls"), list):
+                        calls.extend(clean_tool_call(call) for call in message["tool_calls"])
+            except InstanceError:
+                if out:  # what came before the bad line still goes out
+                    yield b"".join(out)
+                raise
             if out:
                 yield out[0] if len(out) == 1 else b"".join(out)
-        self.upstream.close()
-        return tool_calls
-
-    def _run_tools(self, tool_calls: list[dict]) -> Iterator[bytes]:
-        """Run each call, telling the client, and add the results to the conversation."""
-        assistant = {
-            "role": "assistant",
-            "content": "".join(self.round_pieces),
-            "tool_calls": tool_calls,
-        }
-        self.payload["messages"].append(assistant)
-        self.exchange.append({**assistant, "timestamp": timestamp()})
-        for call in tool_calls:
-            name, arguments = call["function"]["name"], call["function"]["arguments"]
-            yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
-            result = self.tools.registry.run(
-                name, arguments, self.tools.context, self.tools.timeout
+        if len(calls) > MAX_TOOL_CALLS:
+            log.warning(
+                "model asked for %d tool calls in one round; ran the first %d",
+                len(calls),
+                MAX_TOOL_CALLS,
             )
-            message = {"role": "tool", "content": result.content, "tool_name": name}
+        return calls[:MAX_TOOL_CALLS]
+
+    def _relay(self, kind: str, piece: str) -> bytes:
+        """Keep a piece of the reply (or of its thinking) and make its stream line."""
+        if kind == "thinking":
+            self.thinking.append(piece)
+            return ndjson_line({"status": "ok", "msg": "", "thinking": piece, "done": False})
+        self.content.append(piece)
+        self.pieces.append(piece)
+        return ndjson_line({"status": "ok", "msg": piece, "done": False})
+
+    def _end_with(self, note: str) -> bytes:
+        """Close the reply's text with a note saying why it stops here."""
+        return self._relay("content", self.room.note(note))
+
+    def _tool_round_message(self, calls: list[dict]) -> dict[str, Any]:
+        """The assistant message of a tool round, as the model will see it again."""
+        message = {
+            "role": "assistant",
+            "content": "".join(self.content),
+            "tool_calls": [without_deep_arguments(call) for call in calls],
+        }
+        if self.thinking:
+            message["thinking"] = "".join(self.thinking)
+        return message
+
+    def _run_tools(self, assistant: dict[str, Any], calls: list[dict]) -> Iterator[bytes]:
+        """Run each call, telling the client, and add the results to the conversation."""
+        self.payload["messages"].append(assistant)
+        self.exchange.append({**assistant, "timestamp": self.clock.now()})
+        self.content, self.thinking = [], []  # saved with the tool calls: never again
+        max_calls = self.tools.max_calls
+        for index, call in enumerate(calls):
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            if index < max_calls:
+                yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
+                result = self.tools.registry.run(
+                    name, arguments, self.tools.context, self.tools.timeout
+                ).content
+            else:
+                result = TOO_MANY_CALLS.format(max_calls=max_calls)
+            message = {
+                "role": "tool",
+                "content": self.room.take_tool_result(result),
+                "tool_name": name,
+            }
             self.payload["messages"].append(message)
-            self.exchange.append({**message, "timestamp": timestamp()})
+            self.exchange.append({**message, "timestamp": self.clock.now()})
 
     def on_finish(self, complete: bool) -> None:
         if self.save is None:
             return
         reply: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(self.round_pieces),
-            "timestamp": timestamp(),
+            "content": "".join(self.content),
+            "timestamp": self.clock.now(),
         }
+        if self.thinking:
+            reply["thinking"] = "".join(self.thinking)
         if not complete:
             reply["incomplete"] = True
-        self.save(stamped(self.request_messages) + self.exchange + [reply])
+        self.save(self.request_messages + self.exchange + [reply])

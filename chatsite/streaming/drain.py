@@ -4,7 +4,7 @@ gunicorn gives a worker `graceful_timeout` seconds after SIGTERM before it kills
 gunicorn config calls `begin_drain()` with a little less than that; streams still running
 when it expires are interrupted with `Draining`, which ends them like an upstream error:
 the partial reply is saved as incomplete and every lock and slot is released, while the
-worker is still alive to do it.
+worker is still alive to do it. A tool running at that moment has its process killed.
 """
 
 import logging
@@ -15,8 +15,12 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 
-class Draining(Exception):
-    """The worker is shutting down and cannot wait for this stream any longer."""
+class Draining(BaseException):
+    """The worker is shutting down and cannot wait for this stream any longer.
+
+    A BaseException, like GreenletExit: code that turns an Exception into an error result
+    (a tool call) must not swallow it, or the stream would go on until the worker is killed.
+    """
 
 
 class Interruptible(Protocol):

@@ -4,11 +4,16 @@ Every status code is decided before the stream starts; after that, errors travel
 as a last `{"status": "error", ...}` line. The WSGI server calls `close()` on the body when
 the response ends for any reason (done, error, client gone), and also when iteration never
 started, so cleanup lives there rather than in a generator's `finally`.
+
+A request that waits in line with `queue_updates` starts its stream at once with `queued`
+lines. /stop ends a reply from outside (`stop()`): its last line is the ordinary one plus
+`"stopped": true`.
 """
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Generator, Iterator
 
 import gevent
 import orjson
@@ -17,13 +22,22 @@ from flask import Response
 from ..coordination import Lease
 from ..greenlets import current_greenlet
 from ..llm.client import InstanceStream
-from ..llm.errors import InstanceError
-from ..llm.pool import Slot
+from ..llm.errors import (
+    InstanceError,
+    InstanceFailed,
+    InstanceRefused,
+    NoInstanceAvailable,
+    QueueFull,
+    UnknownModel,
+)
+from ..llm.pool import Admission, Slot
 from . import drain
 
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
+QUEUE_UPDATE_SECONDS = 5.0  # a queued line at least this often: it also finds clients gone
+WAIT_ERRORS = (NoInstanceAvailable, QueueFull, UnknownModel, InstanceFailed, InstanceRefused)
 
 
 def ndjson_line(payload: dict) -> bytes:
@@ -39,37 +53,126 @@ def error_line(msg: str) -> bytes:
     return ndjson_line({"status": "error", "msg": msg, "done": True})
 
 
+def queued_line(position: int) -> bytes:
+    """Tell a waiting client its place in line (1 = next)."""
+    return ndjson_line({"status": "queued", "position": position, "done": False})
+
+
+class Stopped(Exception):
+    """The user asked /stop for this request before it reached an instance."""
+
+
+class ClientGone(Exception):
+    """The client left while its request waited in line."""
+
+
 class StreamedReply:
     """Relay an upstream stream; subclasses yield the lines in `produce()`."""
 
-    def __init__(self, slot: Slot, upstream: InstanceStream, user_lease: Lease) -> None:
-        self.slot = slot
-        self.upstream = upstream
+    def __init__(self, admission: Admission, user_lease: Lease) -> None:
+        self.admission = admission
         self.user_lease = user_lease
+        self.slot: Slot | None = None
+        self._upstream: InstanceStream | None = None
         self.pieces: list[str] = []
+        self.stopped = False
+        self.stop_watch: Lease | None = None
+        self.client_gone: Callable[[], bool] = lambda: False
+        self._queued: tuple[Generator[int, None, None], int] | None = None
+        self._relaying = False
         self._finished = False
         self._greenlet = None
         self._body = self._lines()
+        admission.giving_up = lambda: self.stopped or self.client_gone()
 
     def __iter__(self) -> Iterator[bytes]:
         return self._body
+
+    @property
+    def upstream(self) -> InstanceStream | None:
+        return self._upstream
+
+    @upstream.setter
+    def upstream(self, stream: InstanceStream | None) -> None:
+        # A stream opened after a stop (the next tool round) ends at its first piece.
+        self._upstream = stream
+        if self.stopped and stream is not None:
+            stream.cancel()
 
     def produce(self) -> Iterator[bytes]:
         """Yield the stream's lines; call `finish(True)` before the final line."""
         raise NotImplementedError
 
+    def last_line(self) -> dict:
+        """The ordinary last line, with what was produced so far."""
+        raise NotImplementedError
+
     def on_finish(self, complete: bool) -> None:
         """Persist what the reply produced (the chat file), before locks are freed."""
+
+    # -- admission: at once, waiting here, or waiting in the stream --
+
+    def admitted(self) -> None:
+        """Take over the slot and stream the admission opened."""
+        self.slot, self.upstream = self.admission.slot, self.admission.upstream
+
+    def wait_here(self, steps: Generator[int, None, None]) -> None:
+        """Wait in line before the response starts (no `queue_updates`)."""
+        for _position in steps:
+            if self.stopped:
+                steps.close()
+                return
+            if self.client_gone():
+                steps.close()
+                raise ClientGone()
+        self.admitted()
+
+    def wait_in_stream(self, steps: Generator[int, None, None], position: int) -> None:
+        """Wait in line inside the stream, reporting the place (`queue_updates`)."""
+        self._queued = (steps, position)
+
+    def _wait_in_line(self) -> Iterator[bytes]:
+        steps, last = self._queued
+        yield queued_line(last)
+        sent = time.monotonic()
+        for position in steps:
+            if self.stopped:
+                steps.close()
+                return
+            if self.client_gone():
+                steps.close()
+                raise ClientGone()
+            if position != last or time.monotonic() - sent >= QUEUE_UPDATE_SECONDS:
+                yield queued_line(position)
+                last, sent = position, time.monotonic()
+        self.admitted()
+
+    # -- the stream --
 
     def _lines(self) -> Iterator[bytes]:
         self._greenlet = current_greenlet()
         drain.track(self)
         try:
+            if self._queued is not None:
+                yield from self._wait_in_line()
+            if self.stopped:
+                raise Stopped()
+            self._relaying = True
             yield from self.produce()
+        except Stopped:
+            yield from self._end_stopped()
         except InstanceError as error:
-            log.warning("stream from %s failed: %s", self.slot.instance.url, error.msg)
+            if self.stopped:
+                yield from self._end_stopped()
+                return
+            log.warning("stream from %s failed: %s", self.slot.instance.url, error.detail)
             self.finish(complete=False)
             yield error_line(error.msg)
+        except WAIT_ERRORS as error:
+            self.finish(complete=False)
+            yield error_line(str(error))
+        except ClientGone:
+            self.finish(complete=False)
         except drain.Draining as error:
             self.finish(complete=False)
             yield error_line(str(error))
@@ -78,28 +181,68 @@ class StreamedReply:
             self.finish(complete=False)
             yield error_line("internal error")
 
+    def _end_stopped(self) -> Iterator[bytes]:
+        saved = self.finish(complete=False)
+        yield ndjson_line({**self.last_line(), "stopped": True})
+        if not saved:
+            log.warning("a stopped reply could not be saved")
+
+    def stop(self) -> None:
+        """End the request from outside (/stop): waiting, it leaves; streaming, it ends.
+
+        The upstream read then fails where it waits, and the stream ends with its last line
+        (rather than an exception thrown into the greenlet, which could land mid-write).
+        """
+        if self._finished or self.stopped:
+            return
+        self.stopped = True
+        self.admission.wake()
+        upstream = self._upstream
+        if not self._relaying or upstream is None:
+            return
+        upstream.cancel()
+        if self._greenlet is not None:
+            # Under gevent, closing wakes the greenlet reading it at once; a thread blocked
+            # in a read is not woken by a close, so there the next piece ends it.
+            with contextlib.suppress(Exception):
+                upstream.close()
+
     def finish(self, complete: bool) -> bool:
         """Close the upstream, save, release the slot and the user lock, once.
 
-        Return False if the reply could not be saved.
+        Nothing is saved for a request that never reached an instance. Return False if the
+        reply could not be saved.
         """
         if self._finished:
             return True
         self._finished = True
+        self._relaying = False
         drain.untrack(self)
         try:
             # First stop the GPU (a client that left must not keep it generating), then
             # save, and only then free the user: a next request then sees the saved chat.
-            with contextlib.suppress(Exception):
-                self.upstream.close()
-            self.on_finish(complete)
+            # A finished answer's connection is left open for `close()` to release.
+            if self.upstream is not None:
+                with contextlib.suppress(Exception):
+                    self.upstream.close()
+                self.on_finish(complete)
         except Exception:
             log.exception("could not save the reply")
             return False
         finally:
-            self.slot.release()
-            self.user_lease.release()
+            self.release()
         return True
+
+    def release(self) -> None:
+        """Give back the place in line, the slot, the stop watch and the user's lock."""
+        self._finished = True
+        drain.untrack(self)
+        try:
+            self.admission.close()
+        finally:
+            if self.stop_watch is not None:
+                self.stop_watch.release()
+            self.user_lease.release()
 
     def interrupt(self, error: BaseException) -> None:
         """End the stream from outside (worker shutdown): raise `error` where it waits."""
@@ -107,11 +250,18 @@ class StreamedReply:
             gevent.kill(self._greenlet, error)  # asynchronous: never waits for it to die
 
     def close(self) -> None:
-        """Called by the WSGI server when the response ends, however it ends."""
+        """Called by the WSGI server when the response ends, however it ends.
+
+        The client has its last line by now: only then may a finished upstream answer
+        take a moment to end its body, so its connection can be reused.
+        """
         try:
             self._body.close()
         finally:
             self.finish(complete=False)
+            if self.upstream is not None:
+                with contextlib.suppress(Exception):
+                    self.upstream.release()
 
 
 def ndjson_response(reply: StreamedReply) -> Response:

@@ -14,6 +14,8 @@ from .schema import ToolSpec
 log = logging.getLogger(__name__)
 
 MAX_SHOWN_VALUE_CHARS = 40
+MAX_ARGUMENT_DEPTH = 32  # no schema goes deeper than an object holding a list of scalars
+TOO_DEEP = f"arguments are nested too deeply (more than {MAX_ARGUMENT_DEPTH} levels)"
 
 
 class ArgumentError(ValueError):
@@ -24,6 +26,8 @@ def bind_arguments(spec: ToolSpec, arguments: object) -> dict[str, Any]:
     """Return the keyword arguments to call the tool with, or raise ArgumentError."""
     if not isinstance(arguments, dict):
         raise ArgumentError(f"arguments must be a JSON object, not {_kind(arguments)}")
+    if too_deep(arguments):
+        raise ArgumentError(TOO_DEEP)
     properties = spec.properties
     problems: list[str] = []
     unexpected = [key for key in arguments if key not in properties]
@@ -50,6 +54,20 @@ def bind_arguments(spec: ToolSpec, arguments: object) -> dict[str, Any]:
     if problems:
         raise ArgumentError("; ".join(problems))
     return bound
+
+
+def too_deep(value: object, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
+    """Whether lists and objects nest more than `limit` levels (checked without recursion:
+    a model can send thousands of levels, and encoding them again would fail)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _checked(value: object, prop: dict[str, Any], label: str) -> Any:

@@ -1,7 +1,7 @@
 """The tools every chat gets by default: the time, a calculator, search of one's own chats.
 
-Each one bounds its own work, because the time limit in the registry can stop waiting for
-a tool but cannot stop its thread.
+Each one bounds its own work: a tool past the time limit is killed, which frees the server
+but leaves the model with an error instead of an answer.
 """
 
 import datetime

@@ -1,7 +1,7 @@
 """Safe arithmetic: parse with `ast` and walk only whitelisted nodes, never eval.
 
-Every step is bounded (input size, node count, digits, exponents, factorial) because a
-tool's thread cannot be killed: `9**9**9` must be refused up front, not computed.
+Every step is bounded (input size, node count, digits, exponents, factorial): `9**9**9`
+must be refused up front with a clear message, not computed until the time limit kills it.
 """
 
 import ast

@@ -8,21 +8,25 @@ import copy
 import importlib
 import json
 import logging
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
+from .. import defaults
 from .arguments import ArgumentError, bind_arguments
 from .builtin import BUILTIN_TOOLS
-from .context import ToolContext
+from .child import resolve
+from .context import ToolContext, utc_now
+from .processes import ToolProcessError, ToolsBusy, ToolTimeout, shared_pool
 from .schema import ToolSpec, tool_spec
-from .timeout import ToolTimeout, call_with_timeout
+from .wire import MAX_RESULT_CHARS, ToolCall, cap_result
 
 log = logging.getLogger(__name__)
 
-MAX_RESULT_CHARS = 16_000
+__all__ = ["MAX_RESULT_CHARS", "ToolConfigError", "ToolRegistry", "ToolResult", "cap_result"]
+
 MAX_SHOWN_NAME_CHARS = 100
 PATH_FORMAT = "'module:function'"
 
@@ -46,37 +50,49 @@ class _Tool:
     spec: ToolSpec
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """A tool's return value as text, or what it raised (crossing back from its thread)."""
-
-    content: str = ""
-    error: BaseException | None = None
-
-
 class ToolRegistry:
-    """Tools by name, with their schemas; built once per app."""
+    """Tools by name, with their schemas; built once per app.
 
-    def __init__(self, functions: Iterable[Callable[..., object]] = ()) -> None:
+    Tools run in this process's pool of `processes` tool processes, which open the database
+    at `database_url` themselves when a tool needs it.
+    """
+
+    def __init__(
+        self,
+        functions: Iterable[Callable[..., object]] = (),
+        processes: int = defaults.TOOL_PROCESSES,
+        database_url: str | None = None,
+    ) -> None:
+        if processes < 1:
+            raise ToolConfigError(f"TOOL_PROCESSES must be at least 1, not {processes}")
         self._tools: dict[str, _Tool] = {}
+        self.processes = processes
+        self.database_url = database_url
         for fn in functions:
             self.add(fn)
 
     def add(self, fn: Callable[..., object]) -> None:
-        """Register a tool; TypeError for a bad signature, ToolConfigError for a taken name."""
+        """Register a tool; TypeError for a bad signature or a function a tool process
+        cannot import, ToolConfigError for a taken name."""
         spec = tool_spec(fn)
+        _check_importable(fn)
         if spec.name in self._tools:
             raise ToolConfigError(f"a tool named {spec.name!r} is already registered")
         self._tools[spec.name] = _Tool(fn, spec)
 
     @classmethod
-    def from_paths(cls, paths: list[str] | None) -> "ToolRegistry":
+    def from_paths(
+        cls,
+        paths: list[str] | None,
+        processes: int = defaults.TOOL_PROCESSES,
+        database_url: str | None = None,
+    ) -> "ToolRegistry":
         """Load tools from `module:function` paths; None means the built-in set."""
         if paths is None:
-            return cls(BUILTIN_TOOLS)
+            return cls(BUILTIN_TOOLS, processes, database_url)
         if not isinstance(paths, list | tuple):
             raise ToolConfigError(f"TOOLS must be a list of {PATH_FORMAT} paths, not {paths!r}")
-        registry = cls()
+        registry = cls((), processes, database_url)
         for path in paths:
             fn = _load(path)
             try:
@@ -97,15 +113,19 @@ class ToolRegistry:
         return [copy.deepcopy(tool.spec.schema) for tool in self._tools.values()]
 
     def run(self, name: str, arguments: object, context: ToolContext, timeout: float) -> ToolResult:
-        """Run one tool call from the model; never raises, failures become error results."""
+        """Run one tool call from the model; failures become error results.
+
+        Only a BaseException that is not an Exception (a drain, a greenlet kill) escapes:
+        it ends the request, and the tool's process is killed on the way.
+        """
         started = time.monotonic()
         try:
             result = self._run(name, arguments, context, timeout)
         except Exception:  # a bug here must not cost the request: report it to the model
-            log.exception("could not run tool %r", name)
+            log.exception("could not run tool %r", _shown_name(name))
             result = ToolResult(_shown_name(name), "error: internal error running the tool", False)
         log.info(
-            "tool %s %s in %.3f s",
+            "tool %r %s in %.3f s",
             result.name,
             "ok" if result.ok else "failed",
             time.monotonic() - started,
@@ -118,22 +138,45 @@ class ToolRegistry:
         tool = self._tools.get(name) if isinstance(name, str) else None
         if tool is None:
             available = ", ".join(self._tools) or "none"
-            return _error(name, f'unknown tool "{_shown_name(name)}"; available tools: {available}')
+            shown = json.dumps(_shown_name(name), ensure_ascii=False)
+            return _error(name, f"unknown tool {shown}; available tools: {available}")
         try:
             kwargs = bind_arguments(tool.spec, arguments)
         except ArgumentError as exc:
             return _error(name, f"invalid arguments for {name}: {exc}")
+        return self._call(tool, kwargs, context, timeout)
+
+    def _call(
+        self, tool: _Tool, kwargs: dict[str, Any], context: ToolContext, timeout: float
+    ) -> ToolResult:
+        """Run a checked call in a tool process; the pool kills it past `timeout`."""
+        name = tool.spec.name
+        call = ToolCall(
+            module=tool.fn.__module__,
+            qualname=tool.fn.__qualname__,
+            kwargs=kwargs,
+            user_id=context.user_id,
+            transcripts=context.transcripts,
+            database_url=self.database_url,
+            now=None if context.now is utc_now else context.now(),
+        )
         try:
-            outcome = call_with_timeout(partial(_invoke, tool.fn, context, kwargs), timeout)
+            reply = shared_pool(self.processes).run(call, timeout)
         except ToolTimeout:
-            log.warning("tool %s timed out after %g s", name, timeout)
+            log.warning("tool %s timed out after %g s; its process was killed", name, timeout)
             return _error(name, f"tool timed out after {timeout:g} s")
-        if outcome.error is not None:
-            exc = outcome.error
-            log.warning("tool %s failed", name, exc_info=exc)
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return _error(name, f"tool failed: {detail}")
-        return ToolResult(name, cap_result(outcome.content), True)
+        except ToolsBusy as exc:
+            log.warning("tool %s not run: %s", name, exc)
+            return _error(name, f"the server is too busy to run tools now ({exc})")
+        except ToolProcessError as exc:
+            log.warning("tool %s failed: %s", name, exc)
+            return _error(name, f"tool failed: {exc}")
+        if reply.error is not None:
+            # Indented: an exception's text may hold the model's arguments, newlines included.
+            trace = textwrap.indent(reply.traceback or "", "    | ")
+            log.warning("tool %s failed: %r\n%s", name, reply.error, trace)
+            return _error(name, f"tool failed: {reply.error}")
+        return ToolResult(name, cap_result(reply.content), True)
 
 
 def registry_from_config(config: Mapping[str, Any]) -> ToolRegistry:
@@ -146,26 +189,22 @@ def registry_from_config(config: Mapping[str, Any]) -> ToolRegistry:
             raise ToolConfigError(
                 f"TOOLS must be a JSON list of {PATH_FORMAT} paths, not {value!r}"
             ) from None
-    return ToolRegistry.from_paths(value)
+    processes = config.get("TOOL_PROCESSES", defaults.TOOL_PROCESSES)
+    return ToolRegistry.from_paths(value, int(processes), config.get("DATABASE_URL"))
 
 
-def cap_result(text: str) -> str:
-    """Keep a result within MAX_RESULT_CHARS, saying that it was cut."""
-    if len(text) <= MAX_RESULT_CHARS:
-        return text
-    note = f"\n[truncated: the result was {len(text):,} characters]"
-    return text[: MAX_RESULT_CHARS - len(note)] + note
-
-
-def _invoke(fn: Callable[..., object], context: ToolContext, kwargs: dict[str, Any]) -> _Outcome:
-    """Call the tool in its worker thread; a non-str return value becomes JSON."""
+def _check_importable(fn: Callable[..., object]) -> None:
+    """A tool process finds the function by its import path: it must be reachable by it."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
     try:
-        value = fn(context, **kwargs)
-        if not isinstance(value, str):
-            value = json.dumps(value, ensure_ascii=False, default=str)
-        return _Outcome(content=value)
-    except BaseException as exc:  # handed to the waiting request, which reports it
-        return _Outcome(error=exc)
+        found = resolve(module, qualname) if module and "<" not in qualname else None
+    except (ImportError, AttributeError):
+        found = None
+    if found is not fn:
+        raise TypeError(
+            f"{qualname or fn!r}: a tool must be a function defined at the top level of an "
+            "importable module (tools run in a separate process that imports them)"
+        )
 
 
 def _load(path: object) -> Callable[..., object]:

@@ -1,7 +1,7 @@
 """Find text in one user's saved chats, with bounded work and its own DB connection.
 
 Only rows owned by the user are read, so another user's chats can never match. Tools run
-in a worker thread, which has no request connection: this opens one if needed.
+in a tool process, which has no request connection: this opens one if needed.
 """
 
 import logging
@@ -13,28 +13,33 @@ from ..storage.transcripts import TranscriptMissing, TranscriptStore
 log = logging.getLogger(__name__)
 
 MAX_CHATS_SCANNED = 200
-MAX_CHARS_SCANNED = 5_000_000
+MAX_BYTES_READ = 5_000_000
 EXCERPT_CHARS = 160
 
 
 def find_in_chats(transcripts: TranscriptStore, user_id: str, query: str, limit: int) -> list[dict]:
-    """Return up to `limit` matches (one per message), newest chats first."""
+    """Return up to `limit` matches (one per message), newest chats first.
+
+    Reads at most MAX_BYTES_READ of chat contents, counted from each chat's stored size
+    (tool calls and their arguments included) before it is read: a user with huge chats
+    gets a search of their newest ones, never minutes of CPU.
+    """
     needle = query.lower()
     matches: list[dict] = []
-    budget = MAX_CHARS_SCANNED
+    budget = MAX_BYTES_READ
     with database_connection():
         rows = list(
             Chat.newest_first(user_id, Chat.id, Chat.name).limit(MAX_CHATS_SCANNED).tuples()
         )
         for chat_id, chat_name in rows:
+            budget -= _size(transcripts, user_id, chat_id)
+            if budget < 0:
+                log.info("chat search stopped at its %d-byte budget", MAX_BYTES_READ)
+                return matches
             for message in _messages(transcripts, user_id, chat_id):
                 content = message.get("content")
                 if not isinstance(content, str):
                     continue
-                budget -= len(content)
-                if budget < 0:
-                    log.info("chat search stopped at its %d-character budget", MAX_CHARS_SCANNED)
-                    return matches
                 position = content.lower().find(needle)
                 if position < 0:
                     continue
@@ -60,6 +65,14 @@ def excerpt(text: str, start: int, length: int) -> str:
     begin = max(0, end - window)
     snippet = " ".join(text[begin:end].split())
     return ("…" if begin > 0 else "") + snippet + ("…" if end < len(text) else "")
+
+
+def _size(transcripts: TranscriptStore, user_id: str, chat_id: str) -> int:
+    """What reading the chat costs; a missing chat costs nothing (it is skipped)."""
+    try:
+        return transcripts.size(user_id, chat_id)
+    except TranscriptMissing:
+        return 0
 
 
 def _messages(transcripts: TranscriptStore, user_id: str, chat_id: str) -> list[dict]:
