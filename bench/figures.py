@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import time
 from collections.abc import Iterator
@@ -18,10 +19,11 @@ from typing import Any
 
 from loadgen import LoadResult, Probe, run_load
 from processes import BenchError, Processes, open_fds, progress
-from services import MESSAGES, Chatsite, post_json
+from services import MESSAGES, Chatsite, Floor, post_json
 
 SLOW_RATE = 50  # tokens/s of the slow model (the upstream's default)
-TARGETS = ("chatsite", "direct")
+TARGETS = ("chatsite", "floor", "direct")
+RELAYS = ("chatsite", "floor")  # the targets that have a worker process to measure
 TTFB_TOKENS = 10  # figure 1: tokens per request
 READ_BATCH_MS = 1  # figure 2: the load client reads in 1 ms batches (see bench/load.py)
 
@@ -38,6 +40,7 @@ class Plan:
     slow_tokens: int  # tokens per slow stream (SLOW_RATE tokens/s)
     rps_seconds: float  # duration of one figure-4 run
     rps_clients: int = 50
+    deployed_streams: int = 2000  # figure 3's deployed row (gunicorn.conf.py's workers)
 
 
 FULL = Plan(
@@ -77,7 +80,7 @@ class Row:
     best: str  # "min" or "max": which of the repetitions is the better one
     values: dict[str, list[float]] = field(default_factory=lambda: {t: [] for t in TARGETS})
     bad: dict[str, list[int]] = field(default_factory=lambda: {t: [] for t in TARGETS})
-    direct_na: bool = False
+    na: tuple[str, ...] = ()  # targets this figure does not exist for
 
     def add(self, target: str, value: float, bad: int = 0) -> None:
         """Record one repetition: its value and how many of its requests failed."""
@@ -123,16 +126,18 @@ class Bench:
         upstream_port: int,
         upstream_pid: int,
         chatsite: Chatsite | None,
+        floor: Floor | None = None,
     ) -> None:
         self.args = args
         self.started = time.monotonic()
-        self.budget = float(getattr(args, "budget", 270))
+        self.budget = float(getattr(args, "budget", 210))
         self.skipped: list[str] = []
         self.plan = plan
         self.procs = procs
         self.upstream_port = upstream_port
         self.upstream_pid = upstream_pid
         self.chatsite = chatsite
+        self.floor = floor
         self.chat_ok = False
         self.rows: dict[str, Row] = {}
         self.runs: list[dict[str, Any]] = []
@@ -154,16 +159,20 @@ class Bench:
             yield rep
 
     def targets(self) -> list[str]:
-        return [t for t in TARGETS if t == "direct" or self.chat_ok]
+        return [
+            t for t in TARGETS if (t != "chatsite" or self.chat_ok) and (t != "floor" or self.floor)
+        ]
 
-    def row(self, key: str, label: str, unit: str, best: str, direct_na: bool = False) -> Row:
+    def row(self, key: str, label: str, unit: str, best: str, na: tuple[str, ...] = ()) -> Row:
         if key not in self.rows:
-            self.rows[key] = Row(label, unit, best, direct_na=direct_na)
+            self.rows[key] = Row(label, unit, best, na=na)
         return self.rows[key]
 
     def url(self, target: str, path: str = "/chat") -> str:
         if target == "direct":
             return f"http://127.0.0.1:{self.upstream_port}/api/chat"
+        if target == "floor":
+            return f"http://127.0.0.1:{self.floor.port}{path}"
         return f"http://127.0.0.1:{self.chatsite.port}{path}"
 
     def bodies(self, target: str, model: str, tokens: int, streams: int) -> list[Any]:
@@ -171,6 +180,8 @@ class Bench:
         options = {"num_predict": tokens}
         if target == "direct":
             return [{"model": model, "messages": MESSAGES, "options": options, "stream": True}]
+        if not self.tokens:  # the floor without chatsite: it ignores the token
+            return [{"token": "-", "model": model, "messages": MESSAGES, "options": options}]
         return [
             {"token": token, "model": model, "messages": MESSAGES, "options": options}
             for token in self.tokens[:streams]
@@ -178,12 +189,20 @@ class Bench:
 
     def probe(self, target: str, rss: bool = False) -> Probe:
         pids = {"upstream": self.upstream_pid}
-        if target == "chatsite":
-            pids["worker"] = self.chatsite.worker
-        return Probe(pids, self.chatsite.worker if rss and target == "chatsite" else None)
+        worker = {"chatsite": self.chatsite, "floor": self.floor}.get(target)
+        if worker is not None:
+            pids["worker"] = worker.worker
+        return Probe(pids, worker.worker if rss and worker is not None else None)
 
     def load(
-        self, figure: str, target: str, url: str, bodies: list[Any], concurrency: int, **kwargs: Any
+        self,
+        figure: str,
+        target: str,
+        url: str,
+        bodies: list[Any],
+        concurrency: int,
+        settle: bool = True,
+        **kwargs: Any,
     ) -> LoadResult:
         """Run a load, record its summary, and wait for chatsite to settle afterwards."""
         result = run_load(self.procs, url, bodies, concurrency, **kwargs)
@@ -206,7 +225,7 @@ class Bench:
         self.runs.append(summary)
         for sample in result.samples[:3]:
             self.samples.append(f"{figure} {target} c={concurrency}: {sample}")
-        if target == "chatsite":
+        if target == "chatsite" and settle:
             self.chatsite.check_worker()
             self.chatsite.settle(self.fd_baseline)
         return result
@@ -221,7 +240,14 @@ class Bench:
         progress(
             f"POST /chat check: {'works' if self.chat_ok else 'NOT WORKING'}: {status['detail']}"
         )
-        users = max([*self.plan.slow_streams, *self.plan.concurrencies, self.plan.rps_clients])
+        users = max(
+            [
+                *self.plan.slow_streams,
+                *self.plan.concurrencies,
+                self.plan.rps_clients,
+                self.plan.deployed_streams,
+            ]
+        )
         self.tokens = [self.chatsite.token() for _ in range(users)]
         # First requests create the users' rows; do it now so no figure measures it.
         result = run_load(
@@ -269,7 +295,7 @@ class Bench:
             f"1. worker CPU per request ({TTFB_TOKENS} tokens)",
             "ms",
             "min",
-            direct_na=True,
+            na=("direct",),
         )
         for rep in self.reps("1"):
             for target in self.targets():
@@ -290,7 +316,7 @@ class Bench:
                 bad = sum(1 for r in records if not r[5])
                 median.add(target, statistics.median(ttfb) if ttfb else math.nan, bad)
                 p99.add(target, percentile(ttfb, 99), bad)
-                if target == "chatsite":
+                if target in RELAYS:
                     cpu.add(target, result.probe["cpu_worker"] / len(records) * 1000)
                 progress(
                     f"fig 1 rep {rep + 1} {target}: median {median.values[target][-1]:.2f}"
@@ -301,7 +327,7 @@ class Bench:
 
     def calibrate(self, target: str) -> float:
         """Chunks/s of one stream, to size the figure-2 runs to ~stream_seconds."""
-        tokens = 3000 if target == "chatsite" else 300_000
+        tokens = {"chatsite": 3000, "floor": 30_000}.get(target, 300_000)
         result = self.load(
             "2-calibrate",
             target,
@@ -326,7 +352,7 @@ class Bench:
                     f"2. worker CPU per chunk, {streams} stream(s)",
                     "us",
                     "min",
-                    direct_na=True,
+                    na=("direct",),
                 )
                 for target in self.targets():
                     tokens = int(rates[target] * self.plan.stream_seconds / streams)
@@ -345,7 +371,7 @@ class Bench:
                     bad = sum(1 for r in result.records if not r[5])
                     chunks = result.lines()
                     rate.add(target, chunks / result.elapsed, bad)
-                    if target == "chatsite" and chunks:
+                    if target in RELAYS and chunks:
                         cpu.add(target, result.probe["cpu_worker"] / chunks * 1e6)
                     progress(
                         f"fig 2 rep {rep + 1} {target} {streams} streams x {tokens} tokens: "
@@ -382,18 +408,27 @@ class Bench:
                     f"3. slow {streams} streams: worker RSS before",
                     "MiB",
                     "max",
-                    direct_na=True,
+                    na=("direct",),
                 )
                 rss1 = self.row(
                     f"rss_peak_{streams}",
                     f"3. slow {streams} streams: worker RSS peak",
                     "MiB",
                     "max",
-                    direct_na=True,
+                    na=("direct",),
+                )
+                cpu = self.row(
+                    f"slow_cpu_{streams}",
+                    f"3. slow {streams} streams: worker CPU per token",
+                    "us",
+                    "min",
+                    na=("direct",),
                 )
                 for target in self.targets():
                     if target == "chatsite":
                         self.fresh_worker()
+                    elif target == "floor":
+                        self.floor.restart()
                     result = self.load(
                         "3",
                         target,
@@ -414,15 +449,72 @@ class Bench:
                     each.add(target, 100 * statistics.fmean(shares), bad)
                     firsts = [(r[1] - r[0]) * 1000 for r in result.records if r[1]]
                     ttfb.add(target, percentile(firsts, 99), bad)
-                    if target == "chatsite":
+                    if target in RELAYS:
                         rss0.add(target, result.probe["rss_before_mib"])
                         rss1.add(target, result.probe["rss_peak_mib"])
+                        token_lines = max(result.token_lines(), 1)
+                        cpu.add(target, result.probe["cpu_worker"] / token_lines * 1e6, bad)
                     progress(
                         f"fig 3 rep {rep + 1} {target} {streams} streams: aggregate "
                         f"{agg.values[target][-1]:.1f}%, per-stream "
                         f"{each.values[target][-1]:.1f}%, {result.elapsed:.2f} s "
                         f"({bad} bad)"
                     )
+        if self.chat_ok and self.plan.deployed_streams:
+            self.deployed()
+
+    def deployed(self) -> None:
+        """Slow streams through chatsite as deployed: ``gunicorn -c gunicorn.conf.py`` with its
+        default workers (one run, for information: on a small machine the cores bound it)."""
+        streams, tokens = self.plan.deployed_streams, self.plan.slow_tokens
+        twin = self.chatsite.deployed_twin()
+        twin.launch()
+        pids = twin.workers()
+        label = f"3. deployed ({len(pids)} workers), slow {streams} streams"
+        rows = {
+            "agg": self.row("dep_agg", f"{label}: share of ideal, aggregate", "%", "max"),
+            "ttfb": self.row("dep_ttfb", f"{label}: first chunk p99", "ms", "min"),
+            "cpu": self.row(
+                "dep_cpu", f"{label}: workers' CPU per token", "us", "min", na=("direct",)
+            ),
+        }
+        for row in rows.values():
+            row.na = (*row.na, "floor")
+        try:
+            for target in ("chatsite", "direct"):
+                if target == "chatsite":  # warm every worker up a little
+                    run_load(
+                        self.procs,
+                        f"http://127.0.0.1:{twin.port}/chat",
+                        self.bodies("chatsite", "fast", 5, 40),
+                        40,
+                        requests=80,
+                    )
+                url = f"http://127.0.0.1:{twin.port}/chat" if target == "chatsite" else None
+                probe = Probe({f"worker{i}": pid for i, pid in enumerate(pids)})
+                result = self.load(
+                    "3-deployed",
+                    target,
+                    url or self.url(target),
+                    self.bodies(target, "slow", tokens, streams),
+                    streams,
+                    timeout=90,
+                    processes=4,
+                    probe=probe if target == "chatsite" else None,
+                    settle=False,
+                )
+                bad = sum(1 for r in result.records if not r[5])
+                token_lines = result.token_lines()
+                share = 100 * token_lines / result.elapsed / (streams * SLOW_RATE)
+                rows["agg"].add(target, share, bad)
+                firsts = [(r[1] - r[0]) * 1000 for r in result.records if r[1]]
+                rows["ttfb"].add(target, percentile(firsts, 99), bad)
+                if target == "chatsite":
+                    cpu = sum(v for k, v in result.probe.items() if k.startswith("cpu_worker"))
+                    rows["cpu"].add(target, cpu / max(token_lines, 1) * 1e6, bad)
+                progress(f"fig 3 deployed {target} {streams} streams: {share:.1f}% ({bad} bad)")
+        finally:
+            self.procs.stop(twin.master, signal.SIGINT)
 
     # figure 4
 
@@ -461,14 +553,14 @@ class Bench:
                     f"4. {path} req/s, {clients} clients",
                     "/s",
                     "max",
-                    direct_na=True,
+                    na=("floor", "direct"),
                 )
                 cpu = self.row(
                     f"rps_cpu_{path}",
                     f"4. {path} worker CPU per request",
                     "ms",
                     "min",
-                    direct_na=True,
+                    na=("floor", "direct"),
                 )
                 result = self.load(
                     "4",

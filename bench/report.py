@@ -37,22 +37,25 @@ def fmt(value: float | None, unit: str) -> str:
 def table(bench: Bench, notes: Iterable[str]) -> str:
     """The results table (best of the repetitions) and the environment line."""
     lines = []
-    header = ("figure", "chatsite", "direct", "ratio")
+    header = ("figure", *TARGETS, "/floor", "/direct")
     body = []
     for row in bench.rows.values():
-        ours, direct = row.reduced("chatsite"), row.reduced("direct")
-        cells = [fmt(ours, row.unit), "N/A" if row.direct_na else fmt(direct, row.unit)]
-        for i, target in enumerate(TARGETS):
-            cells[i] += row.bad_note(target)
-        ratio = "N/A"
-        if not row.direct_na and ours is not None and direct:
-            ratio = f"{ours / direct:.3f}"
-        body.append((row.label, *cells, ratio))
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
+        values = {t: row.reduced(t) for t in TARGETS}
+        cells = [
+            ("N/A" if t in row.na else fmt(values[t], row.unit)) + row.bad_note(t) for t in TARGETS
+        ]
+        ratios = []
+        for other in ("floor", "direct"):
+            ours, theirs = values["chatsite"], values[other]
+            ok = other not in row.na and ours is not None and theirs
+            ratios.append(f"{ours / theirs:.2f}" if ok else "N/A")
+        body.append((row.label, *cells, *ratios))
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def fmt_row(r: tuple[str, ...]) -> str:
-        return (
-            f"{r[0]:<{widths[0]}} | {r[1]:>{widths[1]}} | {r[2]:>{widths[2]}} | {r[3]:>{widths[3]}}"
+        return " | ".join(
+            f"{cell:<{w}}" if i == 0 else f"{cell:>{w}}"
+            for i, (cell, w) in enumerate(zip(r, widths, strict=True))
         )
 
     lines.append(fmt_row(header))
@@ -62,7 +65,7 @@ def table(bench: Bench, notes: Iterable[str]) -> str:
     lines.append(
         f"best of up to {bench.plan.reps} run(s) each, among those with the fewest "
         f"failures (lowest latency/CPU, highest rate/share/RSS); "
-        f"ratio = chatsite / direct"
+        f"/floor, /direct = chatsite / floor, chatsite / direct"
     )
     lines.append(
         "chunks/s = NDJSON lines received / (last response end - first request sent); "
@@ -112,8 +115,7 @@ def write_json(bench: Bench, args: argparse.Namespace, notes: list[str], seconds
                 "label": row.label,
                 "unit": row.unit,
                 "best": row.best,
-                "chatsite": row.reduced("chatsite"),
-                "direct": None if row.direct_na else row.reduced("direct"),
+                **{t: None if t in row.na else row.reduced(t) for t in TARGETS},
                 "values": row.values,
                 "bad": row.bad,
             }

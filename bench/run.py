@@ -30,7 +30,7 @@ from pathlib import Path
 from figures import FULL, QUICK, Bench, Plan
 from processes import REPO, BenchError, Processes, progress
 from report import RESULTS_FILE, busy_warnings, table, write_json
-from services import Chatsite, start_upstream
+from services import Chatsite, Floor, start_upstream
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,6 +41,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--direct-only",
         action="store_true",
         help="do not start chatsite; measure the direct path only",
+    )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="do not run the gevent floor (bench/floor.py)"
+    )
+    parser.add_argument(
+        "--no-deployed",
+        action="store_true",
+        help="skip figure 3's deployed row (gunicorn.conf.py's workers, 2,000 streams)",
     )
     parser.add_argument("--reps", type=int, help="repetitions (default 2, --quick 1)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir and logs")
@@ -54,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=270,
+        default=210,
         help="seconds after which repetitions beyond the 2nd are skipped",
     )
     args = parser.parse_args(argv)
@@ -69,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.reps:
         plan = Plan(**{**plan.__dict__, "reps": args.reps})
+    if args.no_deployed:
+        plan = Plan(**{**plan.__dict__, "deployed_streams": 0})
     figures: list[int] = [args.only] if args.only else [1, 2, 3, 4]
     if args.direct_only and 4 in figures:
         figures.remove(4)
@@ -86,13 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         upstream_port = start_upstream(procs)
         upstream_pid = procs.started[-1].pid
         progress(f"upstream on 127.0.0.1:{upstream_port}")
+        floor = None
+        if not args.no_floor:
+            floor = Floor(procs, upstream_port)
+            floor.start()
+            progress(f"floor on 127.0.0.1:{floor.port} (pid {floor.worker})")
         if not args.direct_only:
             extra = dict(item.split("=", 1) for item in args.env)
             chatsite = Chatsite(procs, tmpdir, upstream_port, extra)
             notes += [f"extra setting: {key}={value}" for key, value in extra.items()]
             chatsite.start()
             progress(f"chatsite on 127.0.0.1:{chatsite.port} (worker pid {chatsite.worker})")
-        bench = Bench(args, plan, procs, upstream_port, upstream_pid, chatsite)
+        bench = Bench(args, plan, procs, upstream_port, upstream_pid, chatsite, floor)
         if chatsite:
             bench.prepare_chatsite()
             if not bench.chat_ok:

@@ -64,8 +64,38 @@ def post_json(port: int, path: str, body: Any, timeout: float = 15) -> tuple[int
         conn.close()
 
 
+class Floor:
+    """``bench/floor.py``: the leanest gevent relay, one process, in front of the upstream."""
+
+    def __init__(self, procs: Processes, upstream_port: int) -> None:
+        self.procs = procs
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.worker = 0  # its pid: the process whose CPU and RSS the figures measure
+
+    def start(self) -> None:
+        up = self.upstream_port
+        self.proc = self.procs.start(
+            [PY, str(BENCH / "floor.py"), "--port", str(self.port), "--upstream", str(up)],
+            tie_to_parent=True,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = read_line(self.proc, time.monotonic() + 15, "floor start")
+        if not line.startswith("ready"):
+            raise BenchError(f"floor said {line!r}")
+        self.port = int(line.split()[1])
+        self.worker = self.proc.pid
+
+    def restart(self) -> None:
+        """A fresh process on the same port, so that RSS starts from scratch."""
+        self.procs.stop(self.proc)
+        self.start()
+
+
 class Chatsite:
-    """chatsite under gunicorn with ONE gevent worker, in a temp directory."""
+    """chatsite under gunicorn with ONE gevent worker (or as deployed), in a temp directory."""
 
     def __init__(
         self,
@@ -73,12 +103,14 @@ class Chatsite:
         tmpdir: Path,
         upstream_port: int,
         extra_env: dict[str, str] | None = None,
+        deployed: bool = False,
     ) -> None:
         self.procs = procs
+        self.deployed = deployed  # gunicorn.conf.py's own workers and worker_connections
         self.tmpdir = tmpdir
         self.secret = secrets.token_urlsafe(36)  # 48 characters
         self.port = free_port()
-        self.log_path = tmpdir / "gunicorn.log"
+        self.log_path = tmpdir / ("gunicorn-deployed.log" if deployed else "gunicorn.log")
         self.master: subprocess.Popen | None = None
         self.worker = 0
         self.notes: list[str] = []
@@ -103,22 +135,12 @@ class Chatsite:
         args = [str(VENV_BIN / "gunicorn")]
         if (REPO / "gunicorn.conf.py").exists():
             args += ["-c", "gunicorn.conf.py"]
+        if not self.deployed:
+            args += ["-k", "gevent", "-w", "1", "--worker-connections", "2000"]
         # gunicorn >= 24 opens a control socket in ~/.gunicorn by default, shared with any
         # other gunicorn of this user: keep ours in the temp dir.
-        return [
-            *args,
-            "-k",
-            "gevent",
-            "-w",
-            "1",
-            "--worker-connections",
-            "2000",
-            "-b",
-            f"127.0.0.1:{self.port}",
-            "--control-socket",
-            str(self.tmpdir / "gunicorn.ctl"),
-            "wsgi:app",
-        ]
+        control = self.tmpdir / ("gunicorn-deployed.ctl" if self.deployed else "gunicorn.ctl")
+        return [*args, "-b", f"127.0.0.1:{self.port}", "--control-socket", str(control), "wsgi:app"]
 
     def token(self, subject: str | None = None) -> str:
         claims = {"sub": subject or str(uuid.uuid4()), "exp": int(time.time()) + 3600}
@@ -136,6 +158,24 @@ class Chatsite:
         if init.returncode:
             raise BenchError(f"flask init-db failed: {(init.stderr or init.stdout)[-2000:]}")
         self.launch()
+
+    def deployed_twin(self) -> Chatsite:
+        """chatsite as deployed (``gunicorn -c gunicorn.conf.py``, its default workers) on the
+        same database, chats, locks and secret, on another port; not started."""
+        twin = Chatsite(self.procs, self.tmpdir, 0, deployed=True)
+        twin.secret, twin.env = self.secret, dict(self.env)
+        return twin
+
+    def workers(self, settle: float = 1.0, timeout: float = 30) -> list[int]:
+        """Every worker pid, once their number has stopped growing for ``settle`` seconds."""
+        deadline = time.monotonic() + timeout
+        pids, since = children(self.master.pid), time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < settle:
+            time.sleep(0.1)
+            now = children(self.master.pid)
+            if len(now) != len(pids):
+                pids, since = now, time.monotonic()
+        return pids
 
     def restart(self) -> None:
         """A fresh gunicorn (same port, database and users), so RSS starts from scratch."""

@@ -205,6 +205,32 @@ def test_sigkilled_workers_free_the_users_lock(tmp_path, launch, upstream, token
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
 
 
+# --- upstream read time-outs under gevent -------------------------------------------------
+
+
+def test_gevent_read_timeout_counts_each_wait_not_the_whole_stream(
+    tmp_path, launch, upstream, token_for, user
+):
+    """Under gevent one watchdog per stream replaces a timer per read (chatsite.llm.client).
+
+    Tokens 0.2 s apart with a 1 s read time-out: the stream lasts longer than the time-out
+    and still ends well; then a 3 s gap between tokens ends the stream in band, frees the
+    user and closes the upstream request.
+    """
+    token = token_for(user)
+    instances = [{"url": upstream.url, "max_concurrent": 2}]
+    server = launch(site_env(tmp_path, instances, UPSTREAM_READ_TIMEOUT=1), token)
+    response, lines = stream(server.url, "/chat", slow_body(token, delay=0.2, repeat=2))
+    assert response.status_code == 200
+    assert len(lines) == 9 and lines[-1]["status"] == "ok" and lines[-1]["done"] is True
+    response, lines = stream(server.url, "/chat", slow_body(token, delay=3, repeat=2))
+    assert response.status_code == 200
+    assert lines[-1] == {"status": "error", "msg": "chat server connection failed", "done": True}
+    assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
+    response, lines = stream(server.url, "/chat", echo_body(token))
+    assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"  # the user is free again
+
+
 # --- several hosts: Redis and PostgreSQL --------------------------------------------------
 
 

@@ -1,14 +1,19 @@
 """HTTP client for one chat instance (an LLM server speaking the Ollama API)."""
 
+import contextlib
 import logging
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
+from ..greenlets import gevent_active
 from .errors import (
     CONNECTION_FAILED,
     ENDED_EARLY,
@@ -38,6 +43,63 @@ def _error_text(response: requests.Response) -> str:
     return "no error text"
 
 
+def _checked(response: requests.Response) -> requests.Response:
+    """The response if it is a 200, else InstanceError (the server's words as its detail)."""
+    status = response.status_code
+    if status != 200:
+        detail = f"HTTP {status}: {_error_text(response)}"
+        response.close()
+        retryable = status >= 500 or status == 429
+        raise InstanceError(
+            reason_for_status(status), status=status, retryable=retryable, detail=detail
+        )
+    return response
+
+
+class ReadWatchdog:
+    """Ends a stream whose upstream sends nothing for `timeout` seconds, with ONE timer.
+
+    Under gevent a socket with a timeout arms a timer for every read that waits, i.e. for
+    every token of a slow stream; instead the stream's socket has no timeout and this timer
+    wakes up once per `timeout`, checks how long the reader has been waiting, and either
+    re-arms for what is left or shuts the socket down, which wakes the reader with an
+    end-of-stream that the reader turns into an error. Only time spent waiting for the
+    upstream counts: a reader blocked writing to a slow client is not waiting.
+    """
+
+    def __init__(self, timeout: float, expire: Callable[[], None]) -> None:
+        from gevent import get_hub
+
+        self.timeout = timeout
+        self.waiting_since: float | None = None  # set by the reader around each read
+        self.fired = False
+        self._expire = expire
+        self._loop = get_hub().loop
+        self._timer = None
+        self._arm(timeout)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self._loop.timer(max(delay, 0.001))
+        self._timer.start(self._check)
+
+    def _check(self) -> None:
+        since = self.waiting_since
+        idle = 0.0 if since is None else time.monotonic() - since
+        if idle < self.timeout:
+            self._arm(self.timeout - idle)
+            return
+        self.fired = True
+        self._timer = None
+        with contextlib.suppress(Exception):
+            self._expire()
+
+    def stop(self) -> None:
+        """Disarm (idempotent); the stream has ended."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.close()
+
+
 class InstanceStream:
     """An open NDJSON answer; iterate for parsed lines, `close()` to stop the GPU.
 
@@ -52,42 +114,85 @@ class InstanceStream:
         self.complete = False
         self.cancelled = False  # set from another thread or greenlet by `cancel()`
         self._chunks: Iterator[bytes] | None = None
+        self.watchdog: ReadWatchdog | None = None
+
+    def watch_reads(self, read_timeout: float) -> None:
+        """Under gevent: one watchdog for the body's reads instead of a timer per read."""
+        sock = getattr(getattr(self.response.raw, "connection", None), "sock", None)
+        if sock is None:
+            return
+        sock.settimeout(None)  # urllib3 sets it again on the connection's next request
+        self.watchdog = ReadWatchdog(read_timeout, lambda: sock.shutdown(socket.SHUT_RDWR))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Yield parsed lines up to the one marked done; a body that ends first is a failure."""
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        """Yield the parsed lines that each read of the body completed, as one list.
+
+        A slow upstream's read holds one line; one that is ahead of us (or a busy worker
+        that is behind) gets many per read, and a relay can then answer them with one
+        write. The last batch ends with the line marked done; a body that ends first is a
+        failure. The body is read straight from urllib3 (one chunk of the chunked encoding
+        per read, decoded if the server compressed it), without requests' wrapper.
+        """
         buffer = b""
-        self._chunks = self.response.iter_content(chunk_size=None)
+        watchdog = self.watchdog
+        self._chunks = self.response.raw.stream(None, decode_content=True)
         try:
-            for chunk in self._chunks:
+            while True:
+                if watchdog is not None:
+                    watchdog.waiting_since = time.monotonic()
+                chunk = next(self._chunks, None)
+                if watchdog is not None:
+                    watchdog.waiting_since = None
+                if chunk is None:
+                    break
                 if self.cancelled:
                     raise InstanceError(STOPPED)
                 if time.monotonic() > self.deadline:
                     raise InstanceError(TOO_SLOW)
                 buffer = buffer + chunk if buffer else chunk
                 *lines, buffer = buffer.split(b"\n")
+                batch = []
                 for line in lines:
                     if line.strip():
-                        data = self._parse(line)
-                        self.complete = data.get("done") is True
-                        yield data
-                        if self.complete:
+                        try:
+                            data = self._parse(line)
+                        except InstanceError:
+                            if batch:  # the lines before the bad one still go out
+                                yield batch
+                            raise
+                        batch.append(data)
+                        if data.get("done") is True:
+                            self.complete = True
+                            yield batch
                             return
+                if batch:
+                    yield batch
                 if len(buffer) > self.max_line:
                     raise InstanceError(INVALID_ANSWER, detail="an oversized line")
-        except requests.RequestException as error:
+        except (urllib3.exceptions.HTTPError, OSError) as error:
             if self.cancelled:
                 raise InstanceError(STOPPED) from None
+            if watchdog is not None and watchdog.fired:
+                raise InstanceError(CONNECTION_FAILED, detail="read timed out") from None
             raise InstanceError(CONNECTION_FAILED, detail=type(error).__name__) from None
         except Exception:
             if self.cancelled:  # closed under the reader's feet: http.client fails as it may
                 raise InstanceError(STOPPED) from None
             raise
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
         if self.cancelled:
             raise InstanceError(STOPPED)  # a close from another greenlet can look like an end
         if buffer.strip():
             data = self._parse(buffer)
             self.complete = data.get("done") is True
-            yield data
+            yield [data]
         if not self.complete:
             raise InstanceError(ENDED_EARLY)
 
@@ -109,6 +214,8 @@ class InstanceStream:
 
     def close(self) -> None:
         """Close the connection so the instance stops generating, unless the answer is done."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if not self.complete:
             self.response.close()
 
@@ -156,9 +263,9 @@ class OllamaClient:
         self.max_line = max_line
         self.session = requests.Session()
         self.session.trust_env = False  # never route the GPU traffic through a proxy by accident
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", self.adapter)
+        self.session.mount("https://", self.adapter)
 
     def _request(self, method: str, path: str, timeout: Any, **kwargs: Any) -> requests.Response:
         try:
@@ -168,15 +275,27 @@ class OllamaClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        status = response.status_code
-        if status != 200:
-            detail = f"HTTP {status}: {_error_text(response)}"
-            response.close()
-            retryable = status >= 500 or status == 429
-            raise InstanceError(
-                reason_for_status(status), status=status, retryable=retryable, detail=detail
-            )
-        return response
+        return _checked(response)
+
+    def _post_stream(self, path: str, body: bytes) -> requests.Response:
+        """POST a JSON body and return the response once its head is in.
+
+        The request is built ready-made and handed to the session's adapter: the session's
+        merging (cookies, environment, hooks, redirects) does nothing for these calls and
+        cost about a tenth of a stream's start.
+        """
+        request = requests.PreparedRequest()
+        request.method, request.url, request.body = "POST", self.base_url + path, body
+        request.headers = CaseInsensitiveDict(
+            {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        )
+        request.hooks = {"response": []}
+        try:
+            response = self.adapter.send(request, stream=True, timeout=self.timeout)
+        except requests.RequestException as error:
+            reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
+            raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
+        return _checked(response)
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
         """Make a short, non-streamed call (tags, show) and return its JSON, unchecked."""
@@ -207,9 +326,8 @@ class OllamaClient:
 
     def stream(self, path: str, payload: dict[str, Any]) -> InstanceStream:
         """Start a streamed call; errors before the first byte raise InstanceError."""
-        body = orjson.dumps({**payload, "stream": True})
-        headers = {"Content-Type": "application/json"}
-        response = self._request(
-            "POST", path, self.timeout, data=body, headers=headers, stream=True
-        )
-        return InstanceStream(response, time.monotonic() + self.max_seconds, self.max_line)
+        response = self._post_stream(path, orjson.dumps({**payload, "stream": True}))
+        stream = InstanceStream(response, time.monotonic() + self.max_seconds, self.max_line)
+        if gevent_active():
+            stream.watch_reads(self.timeout[1])
+        return stream

@@ -1,25 +1,41 @@
 """Users and their preferences."""
 
 import logging
+import weakref
 
-from peewee import IntegrityError
+from peewee import Database, IntegrityError
 
-from .database import write_transaction
+from .database import db, write_transaction
 from .tables import Chat, User, utcnow
 
 log = logging.getLogger(__name__)
 
 
+# The SELECT of one user by uuid, as SQL text per database (engines differ in parameter
+# style). Peewee would build the same query for every request, which costs several times
+# more than running it; the text is built once and run with the uuid as its parameter.
+_BY_UUID: "weakref.WeakKeyDictionary[Database, str]" = weakref.WeakKeyDictionary()
+
+
+def _get_user(user_id: str) -> User | None:
+    """The user's record, or None."""
+    database = db.obj
+    sql = _BY_UUID.get(database)
+    if sql is None:
+        sql = _BY_UUID[database] = User.select().where(User.uuid == "").sql()[0]
+    return next(iter(User.raw(sql, user_id)), None)
+
+
 def find_user(user_id: str, create: bool) -> User | None:
     """Return the user's record, creating it on first sight when allowed."""
-    user = User.get_or_none(User.uuid == user_id)
+    user = _get_user(user_id)
     if user is None and create:
         try:
             with write_transaction():  # SQLite: waits for the write lock at BEGIN, cooperatively
                 User.insert(uuid=user_id).on_conflict_ignore().execute()
         except IntegrityError:  # pragma: no cover - a racing insert won; read it below
             pass
-        user = User.get_or_none(User.uuid == user_id)
+        user = _get_user(user_id)
         log.info("created user record %s", user_id)
     return user
 

@@ -10,11 +10,15 @@ class GenerateReply(StreamedReply):
 
     def produce(self) -> Iterator[bytes]:
         pieces = self.pieces
-        for line in self.upstream:
-            piece = line.get("response")
-            if piece:
-                pieces.append(piece)
-                yield ndjson_line({"status": "ok", "response": piece})
+        for batch in self.upstream.batches():
+            out = []  # the lines that came in one read go out in one write
+            for line in batch:
+                piece = line.get("response")
+                if piece:
+                    pieces.append(piece)
+                    out.append(ndjson_line({"status": "ok", "response": piece}))
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         self.finish(complete=True)
         yield ndjson_line(self.last_line())
 

@@ -149,24 +149,38 @@ class ChatReply(StreamedReply):
         """
         self.content, self.thinking = [], []
         calls: list[dict] = []
-        for line in self.upstream:
-            message = line.get("message") or {}
-            if not isinstance(message, dict):
-                raise InstanceError(INVALID_ANSWER, detail="a message that is not an object")
-            for kind in ("thinking", "content"):
-                piece = message.get(kind)
-                if not piece:
-                    continue
-                if not isinstance(piece, str):
-                    raise InstanceError(INVALID_ANSWER, detail=f"a {kind} that is not a string")
-                fitted, full = self.room.take(kind, piece)
-                if fitted:
-                    yield self._relay(kind, fitted)
-                if full:
-                    yield self._end_with(LENGTH_NOTE)
-                    return []
-            if isinstance(message.get("tool_calls"), list):
-                calls.extend(clean_tool_call(call) for call in message["tool_calls"])
+        for batch in self.upstream.batches():
+            out: list[bytes] = []  # the lines that came in one read go out in one write
+            try:
+                for line in batch:
+                    message = line.get("message") or {}
+                    if not isinstance(message, dict):
+                        raise InstanceError(
+                            INVALID_ANSWER, detail="a message that is not an object"
+                        )
+                    for kind in ("thinking", "content"):
+                        piece = message.get(kind)
+                        if not piece:
+                            continue
+                        if not isinstance(piece, str):
+                            raise InstanceError(
+                                INVALID_ANSWER, detail=f"a {kind} that is not a string"
+                            )
+                        fitted, full = self.room.take(kind, piece)
+                        if fitted:
+                            out.append(self._relay(kind, fitted))
+                        if full:
+                            out.append(self._end_with(LENGTH_NOTE))
+                            yield b"".join(out)
+                            return []
+                    if isinstance(message.get("tool_calls"), list):
+                        calls.extend(clean_tool_call(call) for call in message["tool_calls"])
+            except InstanceError:
+                if out:  # what came before the bad line still goes out
+                    yield b"".join(out)
+                raise
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
         if len(calls) > MAX_TOOL_CALLS:
             log.warning(
                 "model asked for %d tool calls in one round; ran the first %d",

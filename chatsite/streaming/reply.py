@@ -43,7 +43,7 @@ WAIT_ERRORS = (NoInstanceAvailable, QueueFull, UnknownModel, InstanceFailed, Ins
 
 def ndjson_line(payload: dict) -> bytes:
     """Encode one stream line."""
-    return orjson.dumps(payload) + b"\n"
+    return orjson.dumps(payload, option=orjson.OPT_APPEND_NEWLINE)
 
 
 NOT_SAVED = "the reply could not be saved to the chat"

@@ -1,0 +1,157 @@
+"""The upstream client's reading of a streamed body, against a scripted HTTP server.
+
+`InstanceStream.batches()` reads the body straight from urllib3 and groups the lines that
+each read completed; these tests script the exact bytes and chunk boundaries an upstream
+sends, which the development chat instance cannot do.
+"""
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from chatsite.llm.client import OllamaClient
+from chatsite.llm.errors import InstanceError
+
+
+class Scripted:
+    """An HTTP server answering every POST with the next scripted body, chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, list[bytes]]] = []  # (framing, pieces)
+        self.connections: set[int] = set()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                outer.connections.add(self.client_address[1])
+                self.rfile.read(int(self.headers["Content-Length"]))
+                framing, pieces = outer.bodies.pop(0)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                if framing == "chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for piece in pieces:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    body = b"".join(pieces)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                self.wfile.flush()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    server = Scripted()
+    yield server
+    server.stop()
+
+
+def open_stream(scripted, pieces, framing="chunked", max_line=1024):
+    scripted.bodies.append((framing, pieces))
+    client = OllamaClient(scripted.url, read_timeout=5, max_line=max_line)
+    return client, client.stream("/api/chat", {"model": "m", "messages": []})
+
+
+def test_each_read_is_one_batch_whatever_the_line_boundaries(scripted):
+    pieces = [b'{"n": 1}\n{"n": 2}\n', b'{"n":', b' 3}\n{"n": 4', b'}\n{"done": true}\n']
+    _, stream = open_stream(scripted, pieces)
+    batches = [[line.get("n", "done") for line in batch] for batch in stream.batches()]
+    assert batches == [[1, 2], [3], [4, "done"]]
+
+
+def test_reading_stops_at_done_and_the_connection_is_reused(scripted):
+    client, stream = open_stream(scripted, [b'{"n": 1}\n{"done": true}\n', b'{"n": 2}\n'])
+    assert [line.get("n") for line in stream] == [1, None]
+    stream.release()
+    scripted.bodies.append(("chunked", [b'{"done": true}\n']))
+    again = client.stream("/api/chat", {"model": "m", "messages": []})
+    assert list(again) == [{"done": True}]
+    assert len(scripted.connections) == 1  # the first answer was read to its end
+
+
+def test_lines_before_an_invalid_one_still_come_out(scripted):
+    _, stream = open_stream(scripted, [b'{"n": 1}\n{"n": 2}\nnot json\n{"n": 3}\n'])
+    batches = stream.batches()
+    assert [line["n"] for line in next(batches)] == [1, 2]
+    with pytest.raises(InstanceError) as error:
+        next(batches)
+    assert error.value.detail == "chat server sent an invalid answer: a line that is not JSON"
+
+
+def test_an_error_line_ends_the_stream(scripted):
+    _, stream = open_stream(scripted, [b'{"n": 1}\n', b'{"error": "out of memory"}\n'])
+    lines = iter(stream)
+    assert next(lines) == {"n": 1}
+    with pytest.raises(InstanceError) as error:
+        next(lines)
+    assert error.value.detail == "chat server error: out of memory"
+
+
+def test_an_oversized_line_is_refused(scripted):
+    _, stream = open_stream(scripted, [b'{"n": 1}\n{"n": "' + b"x" * 200, b"x" * 200], max_line=256)
+    lines = iter(stream)
+    assert next(lines) == {"n": 1}
+    with pytest.raises(InstanceError) as error:
+        next(lines)
+    assert error.value.detail == "chat server sent an invalid answer: an oversized line"
+
+
+def test_a_body_with_a_length_instead_of_chunks(scripted):
+    _, stream = open_stream(scripted, [b'{"n": 1}\n{"done": true}'], framing="length")
+    assert list(stream) == [{"n": 1}, {"done": True}]
+
+
+def test_a_body_cut_short_is_a_connection_failure():
+    """The server closes the connection in the middle of a chunk."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(
+            b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{"n": 1}\n\r\n20\r\n{"n":'
+        )
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        stream = OllamaClient(f"http://127.0.0.1:{port}", read_timeout=5).stream(
+            "/api/chat", {"model": "m", "messages": []}
+        )
+        lines = iter(stream)
+        assert next(lines) == {"n": 1}
+        with pytest.raises(InstanceError) as error:
+            next(lines)
+        assert error.value.msg == "chat server connection failed"
+    finally:
+        listener.close()
+
+
+def test_a_body_that_ends_before_done_is_a_failure(scripted):
+    _, stream = open_stream(scripted, [b'{"n": 1}\n'])
+    lines = iter(stream)
+    assert next(lines) == {"n": 1}
+    with pytest.raises(InstanceError) as error:
+        next(lines)
+    assert error.value.msg == "chat server ended the answer early"
