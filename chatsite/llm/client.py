@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import requests
 import urllib3
+from gevent import get_hub
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
@@ -68,8 +69,6 @@ class ReadWatchdog:
     """
 
     def __init__(self, timeout: float, expire: Callable[[], None]) -> None:
-        from gevent import get_hub
-
         self.timeout = timeout
         self.waiting_since: float | None = None  # set by the reader around each read
         self.fired = False
