@@ -17,7 +17,7 @@ run: venv
 	$(BIN)/python -m chatsite.dev.run
 
 test: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3  # three processes: most tests wait on real servers, not on the CPU
 
 lint: venv
 	$(BIN)/ruff check .
