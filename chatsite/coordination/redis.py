@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import redis
 
+from .. import defaults
 from ..ids import canonical_uuid
 from . import redis_queue
 from .base import Lease, instance_key, poll_wait
@@ -72,7 +73,9 @@ class RedisLease:
 class RedisCoordinator:
     """Redis-backed locks and slots with renewed TTLs: right for several hosts."""
 
-    def __init__(self, url: str, prefix: str = "chatsite", ttl: float = 15.0) -> None:
+    def __init__(
+        self, url: str, prefix: str = defaults.REDIS_PREFIX, ttl: float = defaults.LEASE_TTL
+    ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         self.prefix = prefix

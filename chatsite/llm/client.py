@@ -14,6 +14,7 @@ from gevent import get_hub
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from .. import defaults
 from ..greenlets import gevent_active
 from .errors import (
     CONNECTION_FAILED,
@@ -250,10 +251,10 @@ class OllamaClient:
     def __init__(
         self,
         base_url: str,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 120.0,
-        max_seconds: float = 900.0,
-        max_line: int = 1024 * 1024,
+        connect_timeout: float = defaults.UPSTREAM_CONNECT_TIMEOUT,
+        read_timeout: float = defaults.UPSTREAM_READ_TIMEOUT,
+        max_seconds: float = defaults.UPSTREAM_MAX_SECONDS,
+        max_line: int = defaults.UPSTREAM_MAX_LINE_BYTES,
         pool_size: int = 64,
     ) -> None:
         self.base_url = base_url.rstrip("/")

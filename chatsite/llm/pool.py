@@ -55,7 +55,7 @@ class InstancePool:
         coordinator: Coordinator,
         wait_timeout: float,
         cooldown: float,
-        max_queue: int = 100,
+        max_queue: int,
     ) -> None:
         self.catalog = catalog
         self.coordinator = coordinator
