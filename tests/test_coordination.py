@@ -143,18 +143,6 @@ def test_racing_threads_get_exactly_capacity(coordinator):
         lease.release()
 
 
-@pytest.mark.parametrize("timeout", [0.0, 0.02, 0.2])
-def test_wait_for_release_returns_within_timeout(coordinator, timeout):
-    """With the slot still held, the wait returns anyway: the caller's own deadline decides."""
-    held = coordinator.try_acquire_slot(URL, 1)
-    waiter = threading.Thread(target=coordinator.wait_for_release, args=(timeout,), daemon=True)
-    waiter.start()
-    waiter.join(HANG_GUARD)
-    assert not waiter.is_alive()
-    assert coordinator.try_acquire_slot(URL, 1) is None  # nothing was released meanwhile
-    held.release()
-
-
 # -- the lines and stop requests --
 
 

@@ -3,13 +3,10 @@ requests waiting for a model (FIFO, 503 when full) and stop requests (/stop)."""
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from typing import Protocol
 
 from .signals import LocalSignals
-
-POLL_INTERVAL = 0.05  # longest sleep in poll_wait: file and Redis locks announce no release
 
 
 class Lease(Protocol):
@@ -48,9 +45,6 @@ class Coordinator(Protocol):
 
     def slots_in_use(self, instance: str) -> int:
         """Count the instance's slots in use."""
-
-    def wait_for_release(self, timeout: float) -> None:
-        """Sleep until something may have been released, at most `timeout` seconds."""
 
     def waiting(self, model: str) -> int:
         """Count the requests in the model's line (0 when none; may count dead ones)."""
@@ -104,8 +98,3 @@ def instance_key(instance: str) -> str:
 def model_key(model: str) -> str:
     """Name a model's line by a hash: model names never become paths or keys themselves."""
     return hashlib.sha256(model.encode()).hexdigest()[:16]
-
-
-def poll_wait(timeout: float) -> None:
-    """Sleep a little before polling again (cooperative under gevent)."""
-    time.sleep(max(0.0, min(timeout, POLL_INTERVAL)))

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 
 from ..ids import canonical_uuid
-from .base import Lease, instance_key, poll_wait
+from .base import Lease, instance_key
 from .file_queue import FileQueue, FileTicket, holder_alive
 from .signals import LocalSignals
 
@@ -144,10 +144,6 @@ class FileCoordinator:
         # A probe makes the slot look busy for an instant to a concurrent try_acquire_slot,
         # which then tries the next slot or waits one step: harmless.
         return sum(holder_alive(self._slot_path(instance, i)) for i in indexes)
-
-    def wait_for_release(self, timeout: float) -> None:
-        """Sleep a little: flock has no wake-up, so callers poll."""
-        poll_wait(timeout)
 
     def waiting(self, model: str) -> int:
         """Count the tickets in the model's line (a dead one counts until someone probes)."""

@@ -74,16 +74,11 @@ class LocalCoordinator:
     def _release_slot(self, instance: str) -> None:
         with self._changed:
             self._slots[instance] -= 1
-            self._changed.notify_all()
         if self.signals.has_waiters():
             self.signals.wake_all()
 
     def slots_in_use(self, instance: str) -> int:
         return self._slots.get(instance, 0)
-
-    def wait_for_release(self, timeout: float) -> None:
-        with self._changed:
-            self._changed.wait(timeout)
 
     def waiting(self, model: str) -> int:
         return len(self._lines.get(model, ()))

@@ -20,7 +20,7 @@ import redis
 from .. import defaults
 from ..ids import canonical_uuid
 from . import redis_queue
-from .base import Lease, instance_key, poll_wait
+from .base import Lease, instance_key
 from .redis_queue import RedisTicket, Subscriber, line_keys
 from .signals import LocalSignals
 
@@ -199,10 +199,6 @@ class RedisCoordinator:
         if capacity <= 0:
             return 0
         return int(self._redis.exists(*self._slot_keys(instance, capacity)))
-
-    def wait_for_release(self, timeout: float) -> None:
-        """Sleep a little before the caller polls again (cooperative under gevent)."""
-        poll_wait(timeout)
 
     # -- lines and stop requests --
 
