@@ -5,21 +5,7 @@ import threading
 from collections.abc import Callable
 
 from .base import EventTicket, Lease
-from .signals import LocalSignals
-
-
-class _Release:
-    """A lease that runs its release callback once."""
-
-    __slots__ = ("_callback",)
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback: Callable[[], None] | None = callback
-
-    def release(self) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None:
-            callback()
+from .signals import LocalSignals, ReleaseOnce
 
 
 class LocalTicket(EventTicket):
@@ -55,7 +41,7 @@ class LocalCoordinator:
             if user_id in self._users:
                 return None
             self._users.add(user_id)
-        return _Release(lambda: self._unlock_user(user_id))
+        return ReleaseOnce(lambda: self._unlock_user(user_id))
 
     def _unlock_user(self, user_id: str) -> None:
         with self._changed:
@@ -69,7 +55,7 @@ class LocalCoordinator:
             if self._slots.get(instance, 0) >= capacity:
                 return None
             self._slots[instance] = self._slots.get(instance, 0) + 1
-        return _Release(lambda: self._release_slot(instance))
+        return ReleaseOnce(lambda: self._release_slot(instance))
 
     def _release_slot(self, instance: str) -> None:
         with self._changed:

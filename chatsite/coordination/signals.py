@@ -12,8 +12,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
-class _Registration:
-    """Undo a registration once."""
+class ReleaseOnce:
+    """A lease whose `release()` runs its callback once: undo a registration, free a lock."""
 
     __slots__ = ("_undo",)
 
@@ -55,7 +55,7 @@ class LocalSignals:
         for event in waiters:
             event.set()
 
-    def watch_stop(self, user_id: str, callback: Callable[[], None]) -> _Registration:
+    def watch_stop(self, user_id: str, callback: Callable[[], None]) -> ReleaseOnce:
         """Call `callback` when a stop is asked for `user_id`, until released."""
         with self._lock:
             self._stops.setdefault(user_id, []).append(callback)
@@ -68,7 +68,7 @@ class LocalSignals:
                 if not callbacks:
                     self._stops.pop(user_id, None)
 
-        return _Registration(undo)
+        return ReleaseOnce(undo)
 
     def stop(self, user_id: str) -> int:
         """Run the stop handlers of `user_id` in this process; return how many ran."""
