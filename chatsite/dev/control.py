@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .fields import DevHttpError, field
+from .openai import REASONING_FIELDS
 
 if TYPE_CHECKING:
     from .server import DevHandler, Route
 
-MISBEHAVIOURS = {"tags", "show", "error", "skip_done", "linger"}
+SWITCHES = ("skip_done", "skip_sentinel", "repeat_ids", "same_index", "bad_arguments")
+MISBEHAVIOURS = {"tags", "show", "error", "linger", "reasoning_field", "finish_reason", *SWITCHES}
 
 
 def stats(handler: DevHandler, _body: Any) -> None:
@@ -41,7 +43,11 @@ def misbehave(handler: DevHandler, body: Any) -> None:
     if unknown:
         raise DevHttpError(400, f"unknown misbehaviour {sorted(unknown)}")
     field(how, "error", str, "")
-    field(how, "skip_done", bool, False)
+    field(how, "finish_reason", str, "")
+    for switch in SWITCHES:
+        field(how, switch, bool, False)
+    if how.get("reasoning_field", REASONING_FIELDS[0]) not in REASONING_FIELDS:
+        raise DevHttpError(400, f"reasoning_field must be one of {', '.join(REASONING_FIELDS)}")
     linger = how.get("linger", 0)
     if isinstance(linger, bool) or not isinstance(linger, int | float) or not linger >= 0:
         raise DevHttpError(400, "linger must be a number of seconds")

@@ -1,4 +1,4 @@
-"""Development chat instance: a tiny Ollama-compatible HTTP server with deterministic demo models.
+"""Development chat instance: a tiny Ollama- and OpenAI-compatible server with demo models.
 
 Front-end developers get a back end without GPUs (``make run``), and the test suite gets a real
 HTTP peer whose answers are predictable and whose failures (errors, crashes, slow streams,
@@ -8,7 +8,8 @@ chatsite, so it can never be broken by the code it is used to test.
 This module is the entry point (``python -m chatsite.dev.instance``) and ``DevInstance``;
 the parts live beside it: ``models`` (what the demo models say), ``answer`` (an answer before
 any wire format), ``state`` (counters, failures, misbehaviour), ``server`` (HTTP and routing),
-``ollama`` (the protocol's endpoints and frames) and ``control`` (the ``/dev/*`` endpoints).
+``ollama`` and ``openai`` (each protocol's endpoints and frames, under ``/api`` and ``/v1``)
+and ``control`` (the ``/dev/*`` endpoints).
 """
 
 from __future__ import annotations
@@ -55,14 +56,26 @@ __all__ = [
 class DevInstance:
     """A DevServer on a background thread: what the tests and ``make run`` use."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, token_delay: float = 0.0) -> None:
-        self.server = DevServer((host, port), token_delay)  # bound now, so url works at once
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token_delay: float = 0.0,
+        api_key: str | None = None,
+    ) -> None:
+        # bound now, so url works at once
+        self.server = DevServer((host, port), token_delay, api_key)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The base URL of the OpenAI API, as an ``"api": "openai"`` instance is configured."""
+        return f"{self.url}/v1"
 
     def start(self) -> DevInstance:
         """Serve on a daemon thread so a forgotten stop() never hangs the interpreter."""
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the dev instance in the foreground (``make run``) until Ctrl-C."""
     parser = argparse.ArgumentParser(
         prog="python -m chatsite.dev.instance",
-        description="Ollama-compatible server with demo models.",
+        description="Ollama- and OpenAI-compatible (under /v1) server with demo models.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=11434)
@@ -130,11 +143,15 @@ def main(argv: list[str] | None = None) -> None:
         default=0.0,
         help="seconds to sleep before each token, for every model",
     )
+    parser.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' of every /v1 call",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    instance = DevInstance(args.host, args.port, args.token_delay).start()
+    instance = DevInstance(args.host, args.port, args.token_delay, args.api_key).start()
     print(f"chatsite dev instance on {instance.url} (models: {', '.join(MODELS)})", flush=True)
     try:
         threading.Event().wait()

@@ -1,7 +1,7 @@
 """The dev instance's HTTP server: read the request, route it, send JSON or a stream.
 
-The protocol modules (``ollama``) and the dev endpoints (``control``) hold the routes; this
-module only frames bytes, counts streams and notices clients that went away.
+The protocol modules (``ollama``, ``openai``) and the dev endpoints (``control``) hold the
+routes; this module only frames bytes, counts streams and notices clients that went away.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import control, ollama
+from . import control, ollama, openai
 from .fields import DevHttpError
 from .state import DevState
 
@@ -29,13 +29,15 @@ DISCONNECTS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 _BAD_JSON = object()  # marks a request body that is not JSON at all
 
 Route = Callable[["DevHandler", Any], None]  # answers a request, given its parsed JSON body
-ROUTES: dict[tuple[str, str], Route] = {**ollama.ROUTES, **control.ROUTES}
-FAILABLE = ollama.FAILABLE  # the paths /dev/fail makes fail
-RECORDED = (ollama.PREFIX,)  # the API calls /dev/requests shows and /dev/stats counts
+ROUTES: dict[tuple[str, str], Route] = {**ollama.ROUTES, **openai.ROUTES, **control.ROUTES}
+FAILABLE = ollama.FAILABLE | openai.FAILABLE  # the paths /dev/fail makes fail
+RECORDED = (ollama.PREFIX, openai.PREFIX)  # the API calls /dev/requests shows, /dev/stats counts
 
 
 def error_body(path: str, err: DevHttpError) -> Any:
     """The error in the shape of the wire the path belongs to."""
+    if path.startswith(openai.PREFIX):
+        return openai.error_body(err)
     return ollama.error_body(err)
 
 
@@ -71,7 +73,9 @@ class DevHandler(BaseHTTPRequestHandler):
             self.send_json(err.status, error_body(path, err))
 
     def _route(self, path: str, body: Any) -> None:
-        """Find the endpoint, inject a pending failure, check the body, answer."""
+        """Check the API key, find the endpoint, inject a pending failure, check the body."""
+        if path.startswith(openai.PREFIX):
+            openai.authorize(self)
         route = ROUTES.get((self.command, path))
         if route is None:
             if any(p == path for _, p in ROUTES):
@@ -167,13 +171,16 @@ class DevHandler(BaseHTTPRequestHandler):
 
 
 class DevServer(ThreadingHTTPServer):
-    """The HTTP server; holds the shared state and the default per-token delay."""
+    """The HTTP server; holds the shared state, the default per-token delay, the API key."""
 
     daemon_threads = True  # idle keep-alive connections must not block shutdown
 
-    def __init__(self, address: tuple[str, int], token_delay: float = 0.0) -> None:
+    def __init__(
+        self, address: tuple[str, int], token_delay: float = 0.0, api_key: str | None = None
+    ) -> None:
         super().__init__(address, DevHandler)
         self.token_delay = max(0.0, token_delay)
+        self.api_key = api_key or None  # required of /v1/* calls when set
         self.state = DevState()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
