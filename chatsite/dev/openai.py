@@ -96,7 +96,8 @@ def _model(handler: DevHandler, body: dict[str, Any]) -> DemoModel:
 
 
 def _wanted(handler: DevHandler, body: dict[str, Any], answer: Answer) -> _Wanted:
-    """Check the sampling options (accepted, then ignored) and read the ones that matter."""
+    """Check the options (sampling ones are then ignored), pace the answer by the dev knobs,
+    and return what shapes its frames."""
     for key in NUMBERS:
         field(body, key, (int, float), None)
     for key in INTEGERS:
