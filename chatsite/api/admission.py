@@ -9,7 +9,13 @@ from flask import Response, request
 
 from ..coordination import Lease
 from ..errors import ApiError
-from ..llm.errors import NoInstanceAvailable, QueueFull, UnknownModel
+from ..llm.errors import (
+    UNAUTHORIZED,
+    InstanceMisconfigured,
+    NoInstanceAvailable,
+    QueueFull,
+    UnknownModel,
+)
 from ..site import Site
 from ..storage.database import db
 from ..storage.tables import User
@@ -30,6 +36,8 @@ def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, se
     capabilities = None if model is None else site.catalog.capabilities(model)
     if model is None or capabilities is None:
         if not site.catalog.reachable():
+            if site.catalog.key_refused():  # the operator's to mend: say so
+                raise InstanceMisconfigured(UNAUTHORIZED)
             raise NoInstanceAvailable()
         raise UnknownModel(f"model: unknown model {wanted!r}")
     return model, capabilities

@@ -24,6 +24,7 @@ class Instance:
     protocol: WireProtocol
     cool_until: float = 0.0
     reachable: bool = False
+    refused_key: bool = False  # it answered, refusing chatsite's key (401, 403)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # by model_key
     loaded: set[str] = field(default_factory=set)  # model keys in memory: no load time
 
@@ -93,7 +94,7 @@ class ModelCatalog:
             for entry in instance.protocol.models(instance.client):
                 models.setdefault(model_key(entry["name"]), entry)
             instance.models = models
-            instance.reachable = True
+            instance.reachable, instance.refused_key = True, False
         except Exception as error:
             if isinstance(error, InstanceError):
                 log.warning("chat instance %s left out: %s", instance.url, error.detail)
@@ -102,6 +103,7 @@ class ModelCatalog:
             instance.models = {}
             instance.loaded = set()
             instance.reachable = False
+            instance.refused_key = getattr(error, "status", None) in (401, 403)
             instance.cool_down(self.cooldown)
             return
         instance.loaded = self._loaded(instance)
@@ -138,6 +140,10 @@ class ModelCatalog:
         """Tell whether any instance answered the last refresh."""
         self.refresh()
         return any(instance.reachable for instance in self.instances)
+
+    def key_refused(self) -> bool:
+        """Tell whether an instance refused chatsite's key at the last refresh."""
+        return any(instance.refused_key for instance in self.instances)
 
     def capabilities(self, model: str) -> set[str] | None:
         """Return the model's capabilities, or None if no instance serves it."""
