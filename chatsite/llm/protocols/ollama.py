@@ -102,6 +102,7 @@ def _line(line: bytes) -> dict[str, Any]:
 
 
 def _end(data: dict[str, Any]) -> str | None:
+    """The end reason of the last line (the one with `done: true`)."""
     if data.get("done") is not True:
         return None
     reason = data.get("done_reason")
@@ -110,22 +111,30 @@ def _end(data: dict[str, Any]) -> str | None:
 
 def decode_chat(line: bytes, out: list) -> str | None:
     """One /api/chat line: its thinking, text and (whole) tool calls."""
-    data = _line(line)
+    data = read_object(line)
+    if "error" in data:
+        raise InstanceError(SERVER_ERROR, detail=data["error"])
     message = data.get("message")
     if message:
         if not isinstance(message, dict):
             raise InstanceError(INVALID_ANSWER, detail="a message that is not an object")
-        for kind in (THINKING, CONTENT):
-            piece = message.get(kind)
-            if piece:
-                if not isinstance(piece, str):
-                    raise InstanceError(INVALID_ANSWER, detail=f"a {kind} that is not a string")
-                out.append((kind, piece))
+        piece = message.get("thinking")
+        if piece:
+            out.append((THINKING, _text(piece, "thinking")))
+        piece = message.get("content")
+        if piece:
+            out.append((CONTENT, _text(piece, "content")))
         calls = message.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
                 out.append((TOOL, _whole_call(call)))
-    return _end(data)
+    return _end(data) if data.get("done") is True else None
+
+
+def _text(piece: Any, kind: str) -> str:
+    if not isinstance(piece, str):
+        raise InstanceError(INVALID_ANSWER, detail=f"a {kind} that is not a string")
+    return piece
 
 
 def _whole_call(call: Any) -> tuple[None, str | None, str, object]:
