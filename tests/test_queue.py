@@ -17,10 +17,11 @@ import requests
 from chatsite.coordination import FileCoordinator, RedisCoordinator
 from chatsite.dev.instance import DevInstance
 from tests.helpers import create_chat, get_chat, sessions_on_workers, site_env
-from tests.servers import wait_until
+from tests.servers import ROOT, wait_until
 
 DEV_OPTIONS = {"dev_token_delay": None, "dev_repeat": None}
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available", "done": True}
+API_DOC = ROOT / "docs" / "API.md"
 
 
 @pytest.fixture
@@ -280,6 +281,40 @@ def test_gone_waiters_do_not_hold_up_the_line(tmp_path, instance, launch, token_
     assert lines[-1] == {"status": "ok", "msg": "", "fullMsg": "You said: last", "done": True}
     assert served_order(instance) == ["hello", "last"]
     killed.close()
+
+
+def test_a_stop_past_stop_timeout_is_a_503_as_described(tmp_path, launch, upstream, token_for):
+    """A running tool holds its request past STOP_TIMEOUT: /stop answers 503, as docs/API.md
+    and /openapi.json say, and the stop still lands once the tool returns."""
+    token = token_for()
+    env = site_env(
+        tmp_path,
+        [{"url": upstream.url, "max_concurrent": 4}],
+        TOOLS=["tests.tool_examples:wait_for_file"],
+        TOOL_TIMEOUT=60,
+        STOP_TIMEOUT=0.5,
+    )
+    server = launch(env, token)
+    done = tmp_path / "tool-done"
+    ask = f"call wait_for_file {json.dumps({'path': str(done)})}"
+    message = {"role": "user", "content": ask}
+    reader = Reader(server.url, {"token": token, "model": "tooler", "messages": [message]})
+    assert reader.next()["tool"] == "wait_for_file"
+    response = requests.post(f"{server.url}/stop", json={"token": token}, timeout=30)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {"status": "error", "msg": "the request did not stop in time"}
+    done.touch()
+    lines = reader.rest()
+    assert lines[-1]["stopped"] is True and lines[-1]["done"] is True
+    assert stop(server.url, token)[0] == 404
+
+    document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    answer = document["paths"]["/stop"]["post"]["responses"]["503"]
+    assert "STOP_TIMEOUT" in answer["description"]
+    assert "Retry-After" in answer["headers"]
+    section = " ".join(API_DOC.read_text().split("### `POST /stop`")[1].split("###")[0].split())
+    assert "503 `the request did not stop in time`" in section and "`STOP_TIMEOUT`" in section
 
 
 # --- affinity -------------------------------------------------------------------------------
