@@ -285,7 +285,8 @@ def test_gone_waiters_do_not_hold_up_the_line(tmp_path, instance, launch, token_
 
 def test_a_stop_past_stop_timeout_is_a_503_as_described(tmp_path, launch, upstream, token_for):
     """A running tool holds its request past STOP_TIMEOUT: /stop answers 503, as docs/API.md
-    and /openapi.json say, and the stop still lands once the tool returns."""
+    and /openapi.json say. The stop lands once the tool returns: the round's other call is
+    not run, and is saved as interrupted."""
     token = token_for()
     env = site_env(
         tmp_path,
@@ -295,10 +296,12 @@ def test_a_stop_past_stop_timeout_is_a_503_as_described(tmp_path, launch, upstre
         STOP_TIMEOUT=0.5,
     )
     server = launch(env, token)
+    chat_id = create_chat(server.url, token)
     done = tmp_path / "tool-done"
     ask = f"call wait_for_file {json.dumps({'path': str(done)})}"
-    message = {"role": "user", "content": ask}
-    reader = Reader(server.url, {"token": token, "model": "tooler", "messages": [message]})
+    message = {"role": "user", "content": f"{ask} {ask}"}
+    chat = {"token": token, "model": "tooler", "messages": [message], "chatfile": chat_id}
+    reader = Reader(server.url, chat)
     assert reader.next()["tool"] == "wait_for_file"
     response = requests.post(f"{server.url}/stop", json={"token": token}, timeout=30)
     assert response.status_code == 503
@@ -306,8 +309,10 @@ def test_a_stop_past_stop_timeout_is_a_503_as_described(tmp_path, launch, upstre
     assert response.json() == {"status": "error", "msg": "the request did not stop in time"}
     done.touch()
     lines = reader.rest()
-    assert lines[-1]["stopped"] is True and lines[-1]["done"] is True
+    assert lines == [{"status": "ok", "msg": "", "fullMsg": "", "done": True, "stopped": True}]
     assert stop(server.url, token)[0] == 404
+    results = [m["content"] for m in get_chat(server.url, token, chat_id) if m["role"] == "tool"]
+    assert results == ["the file is there", "interrupted"]
 
     document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
     answer = document["paths"]["/stop"]["post"]["responses"]["503"]

@@ -13,7 +13,7 @@ from ..llm.pool import Admission
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
 from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
-from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
+from .reply import NOT_SAVED, Stopped, StreamedReply, error_line, ndjson_line
 
 log = logging.getLogger(__name__)
 
@@ -218,13 +218,19 @@ class ChatReply(StreamedReply):
         return message
 
     def _run_tools(self, assistant: dict[str, Any], calls: list[dict]) -> Iterator[bytes]:
-        """Run each call, telling the client, and add the results to the conversation."""
+        """Run each call, telling the client, and add the results to the conversation.
+
+        After a /stop no further call is run: the round's calls not yet answered are saved
+        as interrupted.
+        """
         self.payload["messages"].append(assistant)
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
         self.unanswered = [call["function"]["name"] for call in calls]
         max_calls = self.tools.max_calls
         for index, call in enumerate(calls):
+            if self.stopped:
+                raise Stopped()
             name, arguments = call["function"]["name"], call["function"]["arguments"]
             if index < max_calls:
                 yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
