@@ -5,16 +5,19 @@ sharing Redis) in front of a development chat instance of its own, whose request
 the order in which requests reached the GPU.
 """
 
+import fcntl
 import json
 import os
 import signal
 import threading
+import time
 from functools import partial
 
 import pytest
 import requests
 
 from chatsite.coordination import FileCoordinator, RedisCoordinator
+from chatsite.coordination.base import model_key
 from chatsite.dev.instance import DevInstance
 from tests.helpers import create_chat, get_chat, sessions_on_workers, site_env
 from tests.servers import ROOT, wait_until
@@ -320,6 +323,32 @@ def test_a_stop_past_stop_timeout_is_a_503_as_described(tmp_path, launch, upstre
     assert "Retry-After" in answer["headers"]
     section = " ".join(API_DOC.read_text().split("### `POST /stop`")[1].split("###")[0].split())
     assert "503 `the request did not stop in time`" in section and "`STOP_TIMEOUT`" in section
+
+
+def test_ticket_drafts_left_by_a_crash_are_removed_at_worker_start(
+    tmp_path, instance, launch, token_for
+):
+    """A worker that dies between making a ticket's draft and renaming it into the line
+    leaves the draft behind; the next worker to start removes it, and only it."""
+    line = tmp_path / "locks" / "queue" / model_key("slow:latest")
+    line.mkdir(parents=True)
+    crashed, young, held = (line / f".{name}" for name in ("crashed", "young", "held"))
+    for draft in (crashed, young, held):
+        draft.touch()
+    an_hour_ago = time.time() - 3600
+    for draft in (crashed, held):
+        os.utime(draft, (an_hour_ago, an_hour_ago))
+    holder = os.open(held, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a live process holds it: never removed
+    try:
+        server = launch(host_env(tmp_path, instance), token_for())
+        assert wait_until(lambda: not crashed.exists())
+        assert young.exists() and held.exists()
+        # The line itself works as ever.
+        response = requests.post(f"{server.url}/chat", json=body(token_for()), timeout=10)
+        assert response.status_code == 200 and response.text.endswith('"done":true}\n')
+    finally:
+        os.close(holder)
 
 
 # --- affinity -------------------------------------------------------------------------------
