@@ -35,6 +35,9 @@ _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 WAKE = b"w"
 STOP = b"s"
+# A ticket's draft lives for a moment (created, locked, renamed): one this old that nobody
+# holds was left by a worker that died in that moment. (Younger, it may not be locked yet.)
+STALE_DRAFT_SECONDS = 60
 
 
 def _locked_fd(path: str) -> int:
@@ -116,6 +119,29 @@ class FileQueue:
         self._mailbox_lock = threading.Lock()
         self._sender: socket.socket | None = None
         self._numbers = itertools.count()
+        self.clean_stray_drafts()
+
+    def clean_stray_drafts(self) -> int:
+        """Remove the ticket drafts that dead workers left in the lines; return how many."""
+        removed = 0
+        cutoff = time.time() - STALE_DRAFT_SECONDS
+        for line in os.listdir(self.root):
+            folder = os.path.join(self.root, line)
+            try:
+                drafts = [name for name in os.listdir(folder) if name.startswith(".")]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in drafts:
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff and not holder_alive(path):
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        if removed:
+            log.info("removed %d stray ticket drafts", removed)
+        return removed
 
     # -- this worker's mailbox, started on first use (after a fork: one per worker) --
 

@@ -68,7 +68,8 @@ class Operation:
     media: str | None = None  # another 200 content type (text/html, text/plain, ...)
     errors: tuple[int, ...] = ()
     example: dict[str, Any] | None = None
-    answers: dict[int, str] = field(default_factory=dict)  # other codes with their own meaning
+    # Codes with a meaning of their own here; one of `errors` keeps the error body.
+    answers: dict[int, str] = field(default_factory=dict)
 
 
 TOKEN = "<a JWT whose sub is the user's uuid>"
@@ -147,6 +148,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer=responses.OkSchema,
         errors=(*BODY_ERRORS, 404),
         example={"token": TOKEN},
+        answers={
+            404: "Nothing to stop: this user has no /chat or /generate in flight.",
+            503: "The request did not end within STOP_TIMEOUT seconds (`the request did not "
+            "stop in time`, with Retry-After), or a back end (database, Redis) is down.",
+        },
     ),
     ("/healthz", "GET"): Operation(
         "Database and chat instances, for load balancers",
@@ -262,7 +268,11 @@ def _operation(op: Operation, rule_arguments: list[str]) -> dict[str, Any]:
         result["responses"][str(code)] = {"$ref": f"#/components/responses/{ERRORS[code][0]}"}
     for code, text in op.answers.items():
         answer: dict[str, Any] = {"description": text}
-        if op.answer is not None:  # the same body (e.g. /healthz's 503)
+        if code in op.errors:
+            answer["content"] = _json("Error")
+            if code in (429, 503):
+                answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        elif op.answer is not None:  # the same body (e.g. /healthz's 503)
             answer["content"] = _json(op.answer)
         result["responses"][str(code)] = answer
     return result

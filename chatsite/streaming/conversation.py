@@ -13,11 +13,14 @@ from ..llm.pool import Admission
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
 from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
-from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
+from .reply import NOT_SAVED, Stopped, StreamedReply, error_line, ndjson_line
 
 log = logging.getLogger(__name__)
 
 TOO_MANY_CALLS = "error: too many tool calls in one round (at most {max_calls}): not run"
+# The saved answer of a call whose tool never answered (a drain, a client gone, a failure):
+# every saved tool call has its result, as Ollama and OpenAI-compatible servers require.
+INTERRUPTED = "interrupted"
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `timestamp()` writes
 
 
@@ -115,6 +118,7 @@ class ChatReply(StreamedReply):
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
         self.content: list[str] = []  # this round's text
         self.thinking: list[str] = []  # this round's thinking
+        self.unanswered: list[str] = []  # tool names of this round's calls still running
 
     def produce(self) -> Iterator[bytes]:
         rounds = 0
@@ -214,12 +218,19 @@ class ChatReply(StreamedReply):
         return message
 
     def _run_tools(self, assistant: dict[str, Any], calls: list[dict]) -> Iterator[bytes]:
-        """Run each call, telling the client, and add the results to the conversation."""
+        """Run each call, telling the client, and add the results to the conversation.
+
+        After a /stop no further call is run: the round's calls not yet answered are saved
+        as interrupted.
+        """
         self.payload["messages"].append(assistant)
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
+        self.unanswered = [call["function"]["name"] for call in calls]
         max_calls = self.tools.max_calls
         for index, call in enumerate(calls):
+            if self.stopped:
+                raise Stopped()
             name, arguments = call["function"]["name"], call["function"]["arguments"]
             if index < max_calls:
                 yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
@@ -228,17 +239,28 @@ class ChatReply(StreamedReply):
                 ).content
             else:
                 result = TOO_MANY_CALLS.format(max_calls=max_calls)
-            message = {
-                "role": "tool",
-                "content": self.room.take_tool_result(result),
-                "tool_name": name,
-            }
+            message = self._tool_result(name, result)
             self.payload["messages"].append(message)
             self.exchange.append({**message, "timestamp": self.clock.now()})
+            self.unanswered.pop(0)
+
+    def _tool_result(self, name: str, content: str) -> dict[str, Any]:
+        """A tool message answering a call, within the room `take_tool_round` kept for it."""
+        return {"role": "tool", "content": self.room.take_tool_result(content), "tool_name": name}
+
+    def _interrupted_results(self) -> list[dict]:
+        """An `interrupted` answer to each call of the round that was cut short."""
+        now = self.clock.now()
+        results = [
+            {**self._tool_result(name, INTERRUPTED), "timestamp": now} for name in self.unanswered
+        ]
+        self.unanswered = []
+        return results
 
     def on_finish(self, complete: bool) -> None:
         if self.save is None:
             return
+        answered = self.exchange + self._interrupted_results()  # stamped before the reply
         reply: dict[str, Any] = {
             "role": "assistant",
             "content": "".join(self.content),
@@ -248,4 +270,4 @@ class ChatReply(StreamedReply):
             reply["thinking"] = "".join(self.thinking)
         if not complete:
             reply["incomplete"] = True
-        self.save(self.request_messages + self.exchange + [reply])
+        self.save(self.request_messages + answered + [reply])
