@@ -15,7 +15,7 @@ from ..storage.database import db
 from ..storage.tables import User
 from ..streaming.reply import ClientGone, StreamedReply, ndjson_response
 
-BUSY = "a request from this user is already being processed"
+USER_BUSY = "a request from this user is already being processed"
 
 
 def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, set[str]]:
@@ -35,7 +35,7 @@ def lock_user(site: Site, user_id: str) -> Lease:
     """Take the user's lock or answer 429 at once, before any waiting."""
     lease = site.coordinator.try_lock_user(user_id)
     if lease is None:
-        raise ApiError(429, BUSY, headers={"Retry-After": str(site.retry_after)})
+        raise ApiError(429, USER_BUSY, headers={"Retry-After": str(site.retry_after)})
     return lease
 
 

@@ -13,7 +13,7 @@ from .transcripts import TranscriptMissing, TranscriptStore
 log = logging.getLogger(__name__)
 
 NEW_CHAT_NAME = "New chat"
-MAX_NAME_CHARS = 60
+MAX_CHAT_NAME_CHARS = 60
 
 
 class ChatNotFound(LookupError):
@@ -97,8 +97,10 @@ def name_from(messages: list[dict]) -> str | None:
     for message in messages:
         if message.get("role") == "user":
             text = " ".join(str(message.get("content", "")).split())
+            if len(text) > MAX_CHAT_NAME_CHARS:
+                return text[: MAX_CHAT_NAME_CHARS - 1] + "…"
             if text:
-                return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "…"
+                return text
     return None
 
 
