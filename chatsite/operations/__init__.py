@@ -9,10 +9,9 @@ import logging
 
 from flask import Flask, Response, request
 
+from ..media import NDJSON
 from . import metrics, requestlog
 from .logformat import JsonFormatter, check_format
-
-NDJSON = "application/x-ndjson"
 
 
 def _tag_log_records() -> None:

@@ -22,11 +22,11 @@ from marshmallow import Schema, fields
 
 from ..api import responses, schemas
 from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
+from ..media import NDJSON
 
 log = logging.getLogger(__name__)
 
 UNDESCRIBED = "(not described)"
-NDJSON = "application/x-ndjson"
 
 INTRODUCTION = """\
 The back end of an LLM chat web site. Every API endpoint is a `POST` with a JSON body that
