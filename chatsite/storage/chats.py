@@ -7,7 +7,7 @@ import uuid
 from peewee import fn
 
 from .database import write_transaction
-from .tables import Chat, utcnow
+from .tables import Chat, stored_now
 from .transcripts import TranscriptMissing, TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list
     with store.stage(user_id, chat_id, messages) as staged, write_transaction():
         chat = find_chat(user_id, chat_id)
         changes = {
-            Chat.updated_at: utcnow(),
+            Chat.updated_at: stored_now(),
             Chat.message_count: len(messages),
             Chat.transcript_bytes: staged.size,
         }

@@ -6,14 +6,15 @@ import logging
 from peewee import SQL, CharField, DateTimeField, ForeignKeyField, IntegerField, TextField
 from playhouse.migrate import SchemaMigrator, migrate
 
+from ..clock import utc_now
 from .database import BaseModel, db
 
 log = logging.getLogger(__name__)
 
 
-def utcnow() -> datetime.datetime:
-    """Naive UTC time, the same on every database engine."""
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+def stored_now() -> datetime.datetime:
+    """The clock's time as the tables keep it: naive UTC, the same on every database engine."""
+    return utc_now().replace(tzinfo=None)
 
 
 class User(BaseModel):
@@ -23,8 +24,8 @@ class User(BaseModel):
     nickname = CharField(max_length=32, default="")
     system_prompt = TextField(default="")
     preferred_model = CharField(max_length=200, default="")
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
+    created_at = DateTimeField(default=stored_now)
+    updated_at = DateTimeField(default=stored_now)
 
     class Meta:
         table_name = "users"
@@ -36,8 +37,8 @@ class Chat(BaseModel):
     id = CharField(primary_key=True, max_length=36)
     owner = ForeignKeyField(User, backref="chats", on_delete="CASCADE", column_name="owner_uuid")
     name = CharField(max_length=200)
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
+    created_at = DateTimeField(default=stored_now)
+    updated_at = DateTimeField(default=stored_now)
     message_count = IntegerField(default=0)
     # What its transcript takes in the store, counted against MAX_STORAGE_PER_USER. The SQL
     # default lets `init-db` add the column to an older database in place (0: not counted

@@ -6,7 +6,7 @@ import weakref
 from peewee import Database, IntegrityError
 
 from .database import db, write_transaction
-from .tables import Chat, User, utcnow
+from .tables import Chat, User, stored_now
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def update_prefs(user_id: str, prefs: dict, create: bool) -> User:
     with write_transaction():
         user = require_user(user_id, create)
         if changes:
-            changes[User.updated_at] = utcnow()
+            changes[User.updated_at] = stored_now()
             User.update(changes).where(User.uuid == user_id).execute()
             user = User.get(User.uuid == user_id)
     return user

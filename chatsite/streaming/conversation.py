@@ -1,12 +1,12 @@
 """/chat's stream: relay the reply and its thinking, run tools for the model, save the chat."""
 
-import datetime
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..clock import utc_stamp
 from ..coordination import Lease
 from ..llm.errors import INVALID_ANSWER, InstanceError
 from ..llm.pool import Admission
@@ -18,13 +18,7 @@ from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
 log = logging.getLogger(__name__)
 
 TOO_MANY_CALLS = "error: too many tool calls in one round (at most {max_calls}): not run"
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `timestamp()` writes
-
-
-def timestamp() -> str:
-    """Now, as ISO 8601 UTC with milliseconds."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `utc_stamp()` writes
 
 
 class Clock:
@@ -40,7 +34,7 @@ class Clock:
 
     def now(self) -> str:
         """The later of now and the last stamp given."""
-        self.last = max(timestamp(), self.last)
+        self.last = max(utc_stamp(), self.last)
         return self.last
 
 
