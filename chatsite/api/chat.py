@@ -13,8 +13,8 @@ from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..tools import ToolContext
-from .admission import choose_model, lock_user, start_reply
 from .body import authenticated, user_record
+from .gate import choose_model, lock_user, start_reply
 from .schemas import ChatSchema
 
 bp = Blueprint("chat", __name__)
@@ -78,16 +78,16 @@ def chat():
     room = reply_room(site, messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)
-    tools = tool_runner(site, user_id, capabilities)
+    runner = tool_runner(site, user_id, capabilities)
     payload = chat_payload(
         model,
         data["messages"],
         data.get("system", user.system_prompt),
         data.get("options"),
-        site.tools.schemas() if tools is not None else None,
+        site.tools.schemas() if runner is not None else None,
         think,
     )
     user_lease = lock_user(site, user_id)
     admission = site.pool.admit(model, "/api/chat", payload)
-    reply = ChatReply(admission, user_lease, payload, messages, room, clock, tools, save)
+    reply = ChatReply(admission, user_lease, payload, messages, room, clock, runner, save)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))

@@ -6,8 +6,8 @@ from ..errors import ApiError
 from ..llm.payloads import generate_payload
 from ..site import current_site
 from ..streaming.completion import GenerateReply
-from .admission import choose_model, lock_user, start_reply
 from .body import authenticated, user_record
+from .gate import choose_model, lock_user, start_reply
 from .schemas import GenerateSchema
 
 bp = Blueprint("generate", __name__)

@@ -96,7 +96,7 @@ class ChatReply(StreamedReply):
         request_messages: list[dict],
         room: ReplyRoom,
         clock: Clock,
-        tools: ToolRunner | None = None,
+        tool_runner: ToolRunner | None = None,
         save: Callable[[list[dict]], None] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
@@ -104,7 +104,7 @@ class ChatReply(StreamedReply):
         self.request_messages = request_messages  # stamped when the request arrived
         self.room = room
         self.clock = clock
-        self.tools = tools
+        self.tool_runner = tool_runner
         self.save = save
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
         self.content: list[str] = []  # this round's text
@@ -114,10 +114,10 @@ class ChatReply(StreamedReply):
         rounds = 0
         while True:
             calls = yield from self._relay_round()
-            if not calls or self.tools is None:
+            if not calls or self.tool_runner is None:
                 break
             assistant = self._tool_round_message(calls)
-            if rounds >= self.tools.max_rounds:
+            if rounds >= self.tool_runner.max_rounds:
                 yield self._end_with(TOO_MANY_ROUNDS)
                 break
             if not self.room.take_tool_round(assistant, len(calls)):
@@ -212,13 +212,13 @@ class ChatReply(StreamedReply):
         self.payload["messages"].append(assistant)
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
-        max_calls = self.tools.max_calls
+        max_calls = self.tool_runner.max_calls
         for index, call in enumerate(calls):
             name, arguments = call["function"]["name"], call["function"]["arguments"]
             if index < max_calls:
                 yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
-                result = self.tools.registry.run(
-                    name, arguments, self.tools.context, self.tools.timeout
+                result = self.tool_runner.registry.run(
+                    name, arguments, self.tool_runner.context, self.tool_runner.timeout
                 ).content
             else:
                 result = TOO_MANY_CALLS.format(max_calls=max_calls)

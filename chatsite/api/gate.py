@@ -1,4 +1,8 @@
-"""Admission to /chat and /generate, decided before streaming: model, user lock, a place."""
+"""The gate before /chat and /generate stream: the model, the user's lock, then admission.
+
+Admission (a place in line, a slot, the upstream stream) is `llm.pool.Admission`'s job;
+this module starts it and turns its outcome into the response.
+"""
 
 import select
 import socket
