@@ -11,7 +11,7 @@ from ..errors import ApiError
 from ..operations import requestlog
 from ..site import current_site
 from ..storage.tables import User
-from ..storage.users import NO_USER_DATA, NoUserData, require_user
+from ..storage.users import NoUserData, UserNotSetUp, require_user
 
 
 def read_body() -> bytes:
@@ -50,15 +50,17 @@ def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
     return user_id, site.schema(schema).load(body)
 
 
-def user_record(user_id: str, nodata_status: bool = False) -> User:
-    """The user's record, created on first sight when allowed.
+def user_record(user_id: str) -> User:
+    """The user's record, created on first sight when allowed; else NoUserData."""
+    return require_user(user_id, current_site().auto_create_users)
 
-    Without one: `/settings` answers 500, the endpoints that create things 400 with
-    status "nodata" (`nodata_status=True`), as the contract has it.
+
+def user_to_serve(user_id: str) -> User:
+    """The record of a user that an endpoint creates something for; else UserNotSetUp.
+
+    The contract answers the two differently (see `errors.DOMAIN_ERRORS`).
     """
     try:
-        return require_user(user_id, current_site().auto_create_users)
-    except NoUserData:
-        if not nodata_status:
-            raise
-        raise ApiError(400, NO_USER_DATA, status="nodata") from None
+        return user_record(user_id)
+    except NoUserData as error:
+        raise UserNotSetUp(*error.args) from None

@@ -13,7 +13,7 @@ from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..tools import ToolContext
-from .body import authenticated, user_record
+from .body import authenticated, user_to_serve
 from .gate import choose_model, lock_user, start_reply
 from .schemas import ChatSchema
 
@@ -67,7 +67,7 @@ def chat():
     clock = Clock(data["messages"])
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
-    user = user_record(user_id, nodata_status=True)
+    user = user_to_serve(user_id)
     save = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])

@@ -47,6 +47,13 @@ class NoUserData(LookupError):
     """The user has no record, and records are not created automatically."""
 
 
+class UserNotSetUp(NoUserData):
+    """NoUserData for a request that creates something (a chat, a reply).
+
+    The client is told to set the user up first, where reading settings is a server error.
+    """
+
+
 def require_user(user_id: str, create: bool) -> User:
     """Return the user's record, or raise NoUserData."""
     user = find_user(user_id, create)
