@@ -3,7 +3,7 @@
 from typing import Any
 
 import orjson
-from flask import request
+from flask import Flask, current_app, request
 from marshmallow import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -12,6 +12,37 @@ from ..operations import requestlog
 from ..site import current_site
 from ..storage.tables import User
 from ..storage.users import NoUserData, UserNotSetUp, require_user
+from .schemas import Limits
+
+EXTENSION = "chatsite.bodies"
+
+
+class BodySchemas:
+    """The app's request limits, and one shared instance per body schema built with them.
+
+    Sharing is safe: loading keeps no state on a schema.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._schemas: dict[type[Schema], Schema] = {}
+
+    def get(self, schema_class: type[Schema]) -> Schema:
+        """The app's instance of `schema_class`."""
+        instance = self._schemas.get(schema_class)
+        if instance is None:
+            instance = self._schemas[schema_class] = schema_class(limits=self.limits)
+        return instance
+
+
+def init_app(app: Flask) -> None:
+    """Read the request limits from the configuration (raises on invalid ones)."""
+    app.extensions[EXTENSION] = BodySchemas(Limits.from_config(app.config))
+
+
+def body_schemas() -> BodySchemas:
+    """The running app's limits and body schemas."""
+    return current_app.extensions[EXTENSION]
 
 
 def read_body() -> bytes:
@@ -44,10 +75,9 @@ def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
     whatever else is wrong.
     """
     body = json_object()
-    site = current_site()
-    user_id = site.tokens.user_id(body.get("token"))
+    user_id = current_site().tokens.user_id(body.get("token"))
     requestlog.note_user(user_id)  # for the request's log line
-    return user_id, site.schema(schema).load(body)
+    return user_id, body_schemas().get(schema).load(body)
 
 
 def user_record(user_id: str) -> User:

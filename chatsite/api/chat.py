@@ -13,7 +13,7 @@ from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..tools import ToolContext
-from .body import authenticated, user_to_serve
+from .body import authenticated, body_schemas, user_to_serve
 from .gate import choose_model, lock_user, start_reply
 from .schemas import ChatSchema
 
@@ -39,14 +39,15 @@ def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner 
     )
 
 
-def reply_room(site: Site, messages: list[dict], saving: bool) -> ReplyRoom:
+def reply_room(messages: list[dict], saving: bool) -> ReplyRoom:
     """What the reply may add; a saved chat must stay one that /chat accepts (else 400)."""
+    limits = body_schemas().limits
     if not saving:
-        return ReplyRoom(site.limits.message_chars)
+        return ReplyRoom(limits.message_chars)
     body_limit = current_app.config.get("MAX_CONTENT_LENGTH")
     max_bytes = body_budget(int(body_limit)) if body_limit else None
     try:
-        return ReplyRoom(site.limits.message_chars, site.limits.messages, max_bytes, messages)
+        return ReplyRoom(limits.message_chars, limits.messages, max_bytes, messages)
     except ChatTooLong as error:
         raise ApiError(400, f"messages: {error}; start a new chat") from None
 
@@ -75,7 +76,7 @@ def chat():
         # Refused before the GPU works for it; an accepted reply is always saved.
         ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
         save = partial(save_after_stream, site, user_id, chat_id)
-    room = reply_room(site, messages, save is not None)
+    room = reply_room(messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)
     runner = tool_runner(site, user_id, capabilities)
