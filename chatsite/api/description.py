@@ -20,9 +20,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-from ..api import responses, schemas
-from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 from ..media import NDJSON
+from . import responses, schemas
+from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
 
