@@ -62,7 +62,7 @@ def parse_instances(value: Any) -> list[tuple[str, int]]:
 
 # What /api/show may report; other words (from a newer server) are left out.
 KNOWN_CAPABILITIES = frozenset({"completion", "tools", "insert", "vision", "thinking", "embedding"})
-MAX_NAME_CHARS = 200
+MAX_MODEL_NAME_CHARS = 200
 
 
 def nonsense(what: str) -> InstanceError:
@@ -70,7 +70,7 @@ def nonsense(what: str) -> InstanceError:
     return InstanceError(INVALID_ANSWER, retryable=True, detail=what)
 
 
-def _checked(value: Any, kind: type, default: Any, what: str) -> Any:
+def _typed(value: Any, kind: type, default: Any, what: str) -> Any:
     """`value` if of `kind` (bools are no numbers), `default` if absent, else nonsense."""
     if value is None:
         return default
@@ -83,23 +83,23 @@ def model_entry(entry: Any) -> dict[str, Any]:
     """Check one model of /api/tags and shape it as /models lists it (capabilities aside)."""
     if not isinstance(entry, dict):
         raise nonsense("tags: a model that is not an object")
-    name = _checked(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
-    if not 0 < len(name) <= MAX_NAME_CHARS or not name.isprintable() or " " in name:
+    name = _typed(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
+    if not 0 < len(name) <= MAX_MODEL_NAME_CHARS or not name.isprintable() or " " in name:
         raise nonsense("tags: a model without a usable name")
-    details = _checked(entry.get("details"), dict, {}, "tags: details")
-    size = _checked(entry.get("size"), int, 0, "tags: size")
+    details = _typed(entry.get("details"), dict, {}, "tags: details")
+    size = _typed(entry.get("size"), int, 0, "tags: size")
     if size < 0:
         raise nonsense("tags: a negative size")
     return {
         "name": normalize_model(name),
-        "family": _checked(details.get("family"), str, "", "tags: family"),
-        "parameter_size": _checked(details.get("parameter_size"), str, "", "tags: parameter size"),
-        "quantization_level": _checked(
+        "family": _typed(details.get("family"), str, "", "tags: family"),
+        "parameter_size": _typed(details.get("parameter_size"), str, "", "tags: parameter size"),
+        "quantization_level": _typed(
             details.get("quantization_level"), str, "", "tags: quantization level"
         ),
         "size": size,
-        "modified_at": _checked(entry.get("modified_at"), str, "", "tags: modified_at"),
-        "digest": _checked(entry.get("digest"), str, "", "tags: digest"),
+        "modified_at": _typed(entry.get("modified_at"), str, "", "tags: modified_at"),
+        "digest": _typed(entry.get("digest"), str, "", "tags: digest"),
     }
 
 

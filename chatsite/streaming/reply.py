@@ -31,12 +31,12 @@ from ..llm.errors import (
     UnknownModel,
 )
 from ..llm.pool import Admission, Slot
+from ..media import NDJSON
 from ..operations.metrics import StreamWatch
 from . import drain
 
 log = logging.getLogger(__name__)
 
-NDJSON = "application/x-ndjson"
 QUEUE_UPDATE_SECONDS = 5.0  # a queued line at least this often: it also finds clients gone
 WAIT_ERRORS = (NoInstanceAvailable, QueueFull, UnknownModel, InstanceFailed, InstanceRefused)
 

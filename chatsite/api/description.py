@@ -20,13 +20,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-from ..api import responses, schemas
-from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
+from ..media import NDJSON
+from . import responses, schemas
+from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
 
 UNDESCRIBED = "(not described)"
-NDJSON = "application/x-ndjson"
 
 INTRODUCTION = """\
 The back end of an LLM chat web site. Every API endpoint is a `POST` with a JSON body that
