@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
+from flask import Flask, current_app
 
 from .auth import TokenVerifier
 from .coordination import Coordinator, make_coordinator
@@ -57,7 +57,12 @@ def build_instances(config: dict[str, Any]) -> list[Instance]:
 def build_site(config: dict[str, Any]) -> Site:
     """Build the long-lived services; raise on an unsafe or invalid configuration."""
     cooldown = float(config["INSTANCE_COOLDOWN"])
-    catalog = ModelCatalog(build_instances(config), float(config["MODELS_CACHE_SECONDS"]), cooldown)
+    catalog = ModelCatalog(
+        build_instances(config),
+        float(config["MODELS_CACHE_SECONDS"]),
+        cooldown,
+        first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
+    )
     coordinator = make_coordinator(config)
     return Site(
         tokens=TokenVerifier(config),
@@ -82,6 +87,12 @@ def build_site(config: dict[str, Any]) -> Site:
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),
     )
+
+
+def start_background_work(app: Flask) -> None:
+    """Start what a worker runs beside its requests (the catalog's refresher) as it begins
+    serving: gunicorn's post_worker_init. Elsewhere the first request starts it."""
+    app.extensions["chatsite"].catalog.start()
 
 
 def current_site() -> Site:

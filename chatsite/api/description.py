@@ -112,7 +112,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/models", "POST"): Operation(
         "The models the chat instances serve",
         "Each model once, with its capabilities; an instance that is down is left out. "
-        "Cached for MODELS_CACHE_SECONDS.",
+        "Each worker fetches the list in the background, as it starts and then every "
+        "MODELS_CACHE_SECONDS.",
         body=schemas.TokenOnlySchema,
         answer=responses.ModelListSchema,
         errors=BODY_ERRORS,
@@ -164,8 +165,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/metrics", "GET"): Operation(
         "Prometheus metrics for the whole host",
-        "Prometheus text format, summed over the host's workers. Keep it to internal "
-        "addresses (deploy/nginx.conf).",
+        "Prometheus text format, summed over the host's workers. Every series exists from "
+        "the first scrape (each model of the catalog and each configured instance at 0). "
+        "Keep it to internal addresses (deploy/nginx.conf).",
         tag="operations",
         media="text/plain",
     ),

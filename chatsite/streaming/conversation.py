@@ -191,6 +191,7 @@ class ChatReply(StreamedReply):
         """Keep a piece of the reply (or of its thinking) and make its stream line."""
         if kind == "thinking":
             self.thinking.append(piece)
+            self.thinking_pieces += 1
             return ndjson_line({"status": "ok", "msg": "", "thinking": piece, "done": False})
         self.content.append(piece)
         self.pieces.append(piece)
