@@ -299,7 +299,7 @@ class InstanceClient:
         key = self._api_key
         return text.replace(key, "[api key]") if key and key in text else text
 
-    def _checked(self, response: requests.Response) -> requests.Response:
+    def _succeeded(self, response: requests.Response) -> requests.Response:
         """The response if it is a 200, else InstanceError (the server's words as its detail).
 
         A 5xx or 429 may go better elsewhere; so may a 401 or 403: this instance refuses
@@ -333,7 +333,7 @@ class InstanceClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return self._checked(response)
+        return self._succeeded(response)
 
     def _post_stream(self, path: str, body: bytes) -> requests.Response:
         """POST a JSON body and return the response once its head is in.
@@ -351,7 +351,7 @@ class InstanceClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return self._checked(response)
+        return self._succeeded(response)
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
         """Make a short, non-streamed call (a model list) and return its JSON, unchecked."""

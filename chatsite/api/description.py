@@ -20,13 +20,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-from ..api import responses, schemas
-from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
+from ..media import NDJSON
+from . import responses, schemas
+from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
 
 UNDESCRIBED = "(not described)"
-NDJSON = "application/x-ndjson"
 
 INTRODUCTION = """\
 The back end of an LLM chat web site. Every API endpoint is a `POST` with a JSON body that
@@ -74,7 +74,8 @@ class Operation:
     media: str | None = None  # another 200 content type (text/html, text/plain, ...)
     errors: tuple[int, ...] = ()
     example: dict[str, Any] | None = None
-    answers: dict[int, str] = field(default_factory=dict)  # other codes with their own meaning
+    # Codes with a meaning of their own here; one of `errors` keeps the error body.
+    answers: dict[int, str] = field(default_factory=dict)
 
 
 TOKEN = "<a JWT whose sub is the user's uuid>"
@@ -117,7 +118,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/models", "POST"): Operation(
         "The models the chat instances serve",
         "Each model once, with its capabilities; an instance that is down is left out. "
-        "Cached for MODELS_CACHE_SECONDS.",
+        "Each worker fetches the list in the background, as it starts and then every "
+        "MODELS_CACHE_SECONDS.",
         body=schemas.TokenOnlySchema,
         answer=responses.ModelListSchema,
         errors=BODY_ERRORS,
@@ -153,6 +155,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer=responses.OkSchema,
         errors=(*BODY_ERRORS, 404),
         example={"token": TOKEN},
+        answers={
+            404: "Nothing to stop: this user has no /chat or /generate in flight.",
+            503: "The request did not end within STOP_TIMEOUT seconds (`the request did not "
+            "stop in time`, with Retry-After), or a back end (database, Redis) is down.",
+        },
     ),
     ("/healthz", "GET"): Operation(
         "Database and chat instances, for load balancers",
@@ -164,8 +171,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/metrics", "GET"): Operation(
         "Prometheus metrics for the whole host",
-        "Prometheus text format, summed over the host's workers. Keep it to internal "
-        "addresses (deploy/nginx.conf).",
+        "Prometheus text format, summed over the host's workers. Every series exists from "
+        "the first scrape (each model of the catalog and each configured instance at 0). "
+        "Keep it to internal addresses (deploy/nginx.conf).",
         tag="operations",
         media="text/plain",
     ),
@@ -271,7 +279,11 @@ def _operation(op: Operation, rule_arguments: list[str]) -> dict[str, Any]:
         result["responses"][str(code)] = {"$ref": f"#/components/responses/{ERRORS[code][0]}"}
     for code, text in op.answers.items():
         answer: dict[str, Any] = {"description": text}
-        if op.answer is not None:  # the same body (e.g. /healthz's 503)
+        if code in op.errors:
+            answer["content"] = _json("Error")
+            if code in (429, 503):
+                answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        elif op.answer is not None:  # the same body (e.g. /healthz's 503)
             answer["content"] = _json(op.answer)
         result["responses"][str(code)] = answer
     return result
