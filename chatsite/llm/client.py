@@ -207,10 +207,9 @@ class InstanceStream:
                 watchdog.stop()
         if self.cancelled:
             raise InstanceError(STOPPED)  # a close from another greenlet can look like an end
-        if sse and buffer.startswith(b"data:"):
-            buffer = buffer[5:]
-        elif sse:
-            buffer = b""
+        if sse:  # the last line, unended: an event's data, or nothing to read
+            data = buffer.startswith(b"data:")
+            buffer = (buffer[6:] if buffer.startswith(b"data: ") else buffer[5:]) if data else b""
         if buffer.strip():
             batch = []
             end = decode(buffer, batch)
