@@ -130,8 +130,13 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, let streams run until just before gunicorn's deadline, then end them."""
+    """Replay the journal's saves; on SIGTERM, let streams run until just before gunicorn's
+    deadline, then end them."""
     from chatsite.streaming import drain
+
+    # Saves a database outage left in the journal, a dead worker's included, are written
+    # from now on (worker.wsgi is the Flask app).
+    worker.wsgi.extensions["chatsite"].saves.replayer.start()
 
     grace = max(worker.cfg.graceful_timeout * 0.8, worker.cfg.graceful_timeout - 10)
     original = worker.handle_exit

@@ -12,6 +12,8 @@ from .coordination import Coordinator, make_coordinator
 from .llm.catalog import Instance, ModelCatalog, parse_instances
 from .llm.client import OllamaClient
 from .llm.pool import InstancePool
+from .storage.journal import Journal
+from .storage.saves import ChatSaves
 from .storage.transcripts import TranscriptStore, make_transcript_store
 from .tools import ToolRegistry, registry_from_config
 
@@ -23,6 +25,7 @@ class Site:
     tokens: TokenVerifier
     limits: Limits
     transcripts: TranscriptStore
+    saves: ChatSaves  # /chat's saves, journaled while the database is away
     catalog: ModelCatalog
     pool: InstancePool
     coordinator: Coordinator
@@ -70,10 +73,12 @@ def build_site(config: dict[str, Any]) -> Site:
     cooldown = float(config["INSTANCE_COOLDOWN"])
     catalog = ModelCatalog(build_instances(config), float(config["MODELS_CACHE_SECONDS"]), cooldown)
     coordinator = make_coordinator(config)
+    transcripts = make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"])
     return Site(
         tokens=TokenVerifier(config),
         limits=Limits.from_config(config),
-        transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
+        transcripts=transcripts,
+        saves=ChatSaves(transcripts, Journal(config["JOURNAL_DIR"])),
         catalog=catalog,
         coordinator=coordinator,
         pool=InstancePool(
