@@ -1,12 +1,10 @@
 """The app's long-lived services, typed and built in one place from the configuration."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
-from marshmallow import Schema
+from flask import Flask, current_app
 
-from .api.schemas import Limits
 from .auth import TokenVerifier
 from .coordination import Coordinator, make_coordinator
 from .llm.catalog import Instance, ModelCatalog, parse_instances
@@ -23,7 +21,6 @@ class Site:
     """What the endpoints need, so that views stay thin. Defaults live in `defaults.py`."""
 
     tokens: TokenVerifier
-    limits: Limits
     transcripts: TranscriptStore
     saves: ChatSaves  # /chat's saves, journaled while the database is away
     catalog: ModelCatalog
@@ -39,14 +36,6 @@ class Site:
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
-    _schemas: dict[type, Schema] = field(default_factory=dict)
-
-    def schema(self, schema_class: type[Schema]) -> Schema:
-        """Return one shared instance per schema: loading keeps no state on it."""
-        instance = self._schemas.get(schema_class)
-        if instance is None:
-            instance = self._schemas[schema_class] = schema_class(limits=self.limits)
-        return instance
 
 
 def build_instances(config: dict[str, Any]) -> list[Instance]:
@@ -71,12 +60,16 @@ def build_instances(config: dict[str, Any]) -> list[Instance]:
 def build_site(config: dict[str, Any]) -> Site:
     """Build the long-lived services; raise on an unsafe or invalid configuration."""
     cooldown = float(config["INSTANCE_COOLDOWN"])
-    catalog = ModelCatalog(build_instances(config), float(config["MODELS_CACHE_SECONDS"]), cooldown)
+    catalog = ModelCatalog(
+        build_instances(config),
+        float(config["MODELS_CACHE_SECONDS"]),
+        cooldown,
+        first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
+    )
     coordinator = make_coordinator(config)
     transcripts = make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"])
     return Site(
         tokens=TokenVerifier(config),
-        limits=Limits.from_config(config),
         transcripts=transcripts,
         saves=ChatSaves(transcripts, Journal(config["JOURNAL_DIR"])),
         catalog=catalog,
@@ -99,6 +92,15 @@ def build_site(config: dict[str, Any]) -> Site:
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),
     )
+
+
+def start_background_work(app: Flask) -> None:
+    """Start what a worker runs beside its requests (the catalog's refresher, the journal's
+    replayer) as it begins serving: gunicorn's post_worker_init. Elsewhere the first request
+    starts the refresher, and the first journaled save the replayer."""
+    site = app.extensions["chatsite"]
+    site.catalog.start()
+    site.saves.replayer.start()  # saves an outage left, a dead worker's included
 
 
 def current_site() -> Site:

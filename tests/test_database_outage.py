@@ -22,7 +22,7 @@ import requests
 from chatsite.storage.chats import save_chat
 from chatsite.storage.database import database_connection
 from chatsite.storage.journal import HELD_PREFIX, Entry, Journal
-from chatsite.storage.tables import Chat, utcnow
+from chatsite.storage.tables import Chat, stored_now
 from tests.helpers import (
     TIMEOUT,
     Stream,
@@ -243,7 +243,7 @@ def test_a_replayed_save_never_lands_twice_nor_over_a_later_one(store_app, sign_
     client = store_app.test_client()
     chat_id = app_create_chat(lambda path, body: client.post(path, json=body), token)
     saves = site_of(store_app).saves
-    first = Entry(user, chat_id, utcnow(), messages("one", "two"))
+    first = Entry(user, chat_id, stored_now(), messages("one", "two"))
     with store_app.app_context(), database_connection():
         # The save landed, but its answer was lost with the connection: journaled anyway.
         assert save_chat(saves.transcripts, user, chat_id, first.messages, first.accepted)
@@ -263,7 +263,7 @@ def test_journal_keeps_one_chats_saves_in_order_even_if_the_clock_goes_back(tmp_
     chat_id, user = "0b5f6c4e-3f55-4f57-9a0e-1d1f2c3b4a59", "6a7e2e0c-92a1-45a3-8d4a-8c2b1f0e9d11"
     clock = iter([5_000, 4_000, 3_000])
     monkeypatch.setattr("chatsite.storage.journal.time.time_ns", lambda: next(clock))
-    added = [journal.add(Entry(user, chat_id, utcnow(), messages(str(n)))) for n in range(3)]
+    added = [journal.add(Entry(user, chat_id, stored_now(), messages(str(n)))) for n in range(3)]
     assert journal.pending(chat_id) == added
     assert [journal.read(path).messages[0]["content"] for path in added] == ["0", "1", "2"]
 
@@ -274,7 +274,7 @@ def test_an_entry_that_cannot_be_replayed_is_set_aside_never_dropped(store_app, 
     journal = saves.journal
     journal.folder.mkdir(parents=True)
     (journal.folder / f"{0:020d}-{'1' * 8}-1111-1111-1111-{'1' * 12}.json").write_text("{not json")
-    gone_chat = Entry(user, "22222222-2222-2222-2222-222222222222", utcnow(), messages("hi"))
+    gone_chat = Entry(user, "22222222-2222-2222-2222-222222222222", stored_now(), messages("hi"))
     journal.add(gone_chat)
     with store_app.app_context():
         assert saves.replayer.replay_pass() is True

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+LOCK_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # a non-blocking flock found it taken
 WAKE = b"w"
 STOP = b"s"
 # A ticket's draft lives for a moment (created, locked, renamed): one this old that nobody
@@ -60,7 +60,7 @@ def holder_alive(path: str) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as error:
-        if error.errno in _BUSY:
+        if error.errno in LOCK_HELD:
             return True
         raise
     finally:

@@ -1,4 +1,5 @@
-"""Which models the chat instances serve and have loaded, with capabilities, cached briefly."""
+"""Which models the chat instances serve and have loaded, with capabilities, refreshed in the
+background."""
 
 import logging
 import threading
@@ -62,7 +63,7 @@ def parse_instances(value: Any) -> list[tuple[str, int]]:
 
 # What /api/show may report; other words (from a newer server) are left out.
 KNOWN_CAPABILITIES = frozenset({"completion", "tools", "insert", "vision", "thinking", "embedding"})
-MAX_NAME_CHARS = 200
+MAX_MODEL_NAME_CHARS = 200
 
 
 def nonsense(what: str) -> InstanceError:
@@ -70,7 +71,7 @@ def nonsense(what: str) -> InstanceError:
     return InstanceError(INVALID_ANSWER, retryable=True, detail=what)
 
 
-def _checked(value: Any, kind: type, default: Any, what: str) -> Any:
+def _typed(value: Any, kind: type, default: Any, what: str) -> Any:
     """`value` if of `kind` (bools are no numbers), `default` if absent, else nonsense."""
     if value is None:
         return default
@@ -83,23 +84,23 @@ def model_entry(entry: Any) -> dict[str, Any]:
     """Check one model of /api/tags and shape it as /models lists it (capabilities aside)."""
     if not isinstance(entry, dict):
         raise nonsense("tags: a model that is not an object")
-    name = _checked(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
-    if not 0 < len(name) <= MAX_NAME_CHARS or not name.isprintable() or " " in name:
+    name = _typed(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
+    if not 0 < len(name) <= MAX_MODEL_NAME_CHARS or not name.isprintable() or " " in name:
         raise nonsense("tags: a model without a usable name")
-    details = _checked(entry.get("details"), dict, {}, "tags: details")
-    size = _checked(entry.get("size"), int, 0, "tags: size")
+    details = _typed(entry.get("details"), dict, {}, "tags: details")
+    size = _typed(entry.get("size"), int, 0, "tags: size")
     if size < 0:
         raise nonsense("tags: a negative size")
     return {
         "name": normalize_model(name),
-        "family": _checked(details.get("family"), str, "", "tags: family"),
-        "parameter_size": _checked(details.get("parameter_size"), str, "", "tags: parameter size"),
-        "quantization_level": _checked(
+        "family": _typed(details.get("family"), str, "", "tags: family"),
+        "parameter_size": _typed(details.get("parameter_size"), str, "", "tags: parameter size"),
+        "quantization_level": _typed(
             details.get("quantization_level"), str, "", "tags: quantization level"
         ),
         "size": size,
-        "modified_at": _checked(entry.get("modified_at"), str, "", "tags: modified_at"),
-        "digest": _checked(entry.get("digest"), str, "", "tags: digest"),
+        "modified_at": _typed(entry.get("modified_at"), str, "", "tags: modified_at"),
+        "digest": _typed(entry.get("digest"), str, "", "tags: digest"),
     }
 
 
@@ -129,37 +130,96 @@ def describe(entry: dict[str, Any], capabilities: list[str]) -> dict[str, Any]:
     return {**listed, "capabilities": capabilities}
 
 
-class ModelCatalog:
-    """The union of the instances' models, refreshed at most every `ttl` seconds."""
+# A MODELS_CACHE_SECONDS of 0 must not make the refresher ask the instances without a pause.
+MIN_REFRESH_SECONDS = 0.5
 
-    def __init__(self, instances: list[Instance], ttl: float, cooldown: float) -> None:
+
+class ModelCatalog:
+    """The union of the instances' models, fetched in the background every `ttl` seconds.
+
+    A refresher (a daemon thread: a greenlet under gevent) asks every instance as soon as
+    the worker starts serving (`start()`, from gunicorn's post_worker_init, or the first
+    reader), then every `ttl` seconds. Readers never wait for a refresh: they see what the
+    last one found, each instance's part as soon as it answered. Only while no fetch has
+    ever ended does a reader wait for the first one, and no longer than `first_wait`
+    seconds after it began (the instances' connect time-out: what a down instance costs).
+    """
+
+    def __init__(
+        self, instances: list[Instance], ttl: float, cooldown: float, first_wait: float = 3.0
+    ) -> None:
         self.instances = instances
         self.ttl = ttl
         self.cooldown = cooldown
-        self._fetched_at = float("-inf")
-        self._lock = threading.Lock()
+        self.first_wait = first_wait
         self._capabilities: dict[tuple[str, str, str], list[str]] = {}
+        self._fetch_lock = threading.Lock()  # one fetch at a time (a new refresher's too)
+        self._start_lock = threading.Lock()
+        self._fetched = threading.Event()  # set once the first fetch has ended
+        self._first_deadline = float("inf")  # set when the first refresher starts
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
-    def refresh(self, force: bool = False) -> None:
-        """Ask every instance for its models when the cache is stale.
+    @property
+    def interval(self) -> float:
+        """Seconds between the end of one fetch and the start of the next."""
+        return max(self.ttl, MIN_REFRESH_SECONDS)
 
-        Only the first caller refreshes; while it does, others keep using the old list
-        (an unreachable instance can take a connect timeout to answer).
-        """
-        if not force and time.monotonic() - self._fetched_at < self.ttl:
-            return
-        have_data = self._fetched_at != float("-inf")
-        if not self._lock.acquire(blocking=force or not have_data):
-            return
-        try:
-            if not force and time.monotonic() - self._fetched_at < self.ttl:
+    def start(self) -> None:
+        """Start the background refresher, or a new one if it died (logged); idempotent."""
+        with self._start_lock:
+            refresher = self._refresher
+            if self._stop.is_set() or (refresher is not None and refresher.is_alive()):
                 return
-            if self.instances:
-                with ThreadPoolExecutor(max_workers=min(8, len(self.instances))) as executor:
-                    list(executor.map(self._refresh_instance, self.instances))
-            self._fetched_at = time.monotonic()
-        finally:
-            self._lock.release()
+            if refresher is not None:
+                log.warning("the model catalog's refresher is gone; starting a new one")
+            if self._first_deadline == float("inf"):
+                self._first_deadline = time.monotonic() + self.first_wait
+            self._refresher = threading.Thread(
+                target=self._refresh_forever, name="chatsite-catalog", daemon=True
+            )
+            self._refresher.start()
+
+    def close(self) -> None:
+        """Stop refreshing (an app done serving), and wait a moment for a fetch under way."""
+        self._stop.set()
+        refresher = self._refresher
+        if refresher is not None and refresher is not threading.current_thread():
+            refresher.join(timeout=self.first_wait + 5)
+
+    def ready(self) -> None:
+        """Make sure the refresher runs; before the first fetch has ended, wait for it.
+
+        Every reader calls this: it costs two checks once the catalog has been fetched.
+        """
+        refresher = self._refresher
+        if refresher is None or not refresher.is_alive():
+            self.start()
+        if not self._fetched.is_set() and not self._stop.is_set():
+            self._fetched.wait(max(0.0, self._first_deadline - time.monotonic()))
+
+    def _refresh_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.fetch()
+                except Exception:  # keep refreshing: the next round may well succeed
+                    log.exception("could not refresh the model catalog")
+                if self._stop.wait(self.interval):
+                    return
+        except BaseException:  # killed (a greenlet), or a bug: the next reader starts another
+            if not self._stop.is_set():
+                log.exception("the model catalog's refresher died")
+
+    def fetch(self) -> None:
+        """Ask every instance for its models now; each one's answer is used as it comes."""
+        with self._fetch_lock:
+            try:
+                if self.instances:
+                    with ThreadPoolExecutor(max_workers=min(8, len(self.instances))) as executor:
+                        list(executor.map(self._refresh_instance, self.instances))
+            finally:
+                self._fetched.set()
 
     def _refresh_instance(self, instance: Instance) -> None:
         try:
@@ -200,7 +260,7 @@ class ModelCatalog:
 
     def models(self) -> list[dict[str, Any]]:
         """List each served model once, by name."""
-        self.refresh()
+        self.ready()
         union: dict[str, dict[str, Any]] = {}
         for instance in self.instances:
             for name, model in instance.models.items():
@@ -209,12 +269,12 @@ class ModelCatalog:
 
     def reachable(self) -> bool:
         """Tell whether any instance answered the last refresh."""
-        self.refresh()
+        self.ready()
         return any(instance.reachable for instance in self.instances)
 
     def capabilities(self, model: str) -> set[str] | None:
         """Return the model's capabilities, or None if no instance serves it."""
-        self.refresh()
+        self.ready()
         for instance in self.instances:
             if model in instance.models:
                 return set(instance.models[model]["capabilities"])
@@ -222,5 +282,5 @@ class ModelCatalog:
 
     def instances_for(self, model: str) -> list[Instance]:
         """List the instances that serve the model."""
-        self.refresh()
+        self.ready()
         return [instance for instance in self.instances if model in instance.models]

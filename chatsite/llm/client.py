@@ -45,7 +45,7 @@ def _error_text(response: requests.Response) -> str:
     return "no error text"
 
 
-def _checked(response: requests.Response) -> requests.Response:
+def _succeeded(response: requests.Response) -> requests.Response:
     """The response if it is a 200, else InstanceError (the server's words as its detail)."""
     status = response.status_code
     if status != 200:
@@ -275,7 +275,7 @@ class OllamaClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return _checked(response)
+        return _succeeded(response)
 
     def _post_stream(self, path: str, body: bytes) -> requests.Response:
         """POST a JSON body and return the response once its head is in.
@@ -295,7 +295,7 @@ class OllamaClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return _checked(response)
+        return _succeeded(response)
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
         """Make a short, non-streamed call (tags, show) and return its JSON, unchecked."""

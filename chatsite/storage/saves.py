@@ -17,7 +17,7 @@ from .chats import save_chat
 from .database import database_connection
 from .journal import Entry, Journal
 from .replay import Replayer
-from .tables import utcnow
+from .tables import stored_now
 from .transcripts import TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ChatSaves:
 
     def save(self, user_id: str, chat_id: str, messages: list[dict]) -> Saved:
         """Save the chat's new messages now, or journal them (OSError if even that fails)."""
-        entry = Entry(user_id, chat_id, utcnow(), messages)
+        entry = Entry(user_id, chat_id, stored_now(), messages)
         if not self.journal.pending(chat_id):
             try:
                 self._write(entry)

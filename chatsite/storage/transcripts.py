@@ -78,9 +78,18 @@ class StagedWrites:
         return staged.size
 
 
+def encode_for_file(messages: list[dict]) -> bytes:
+    """A transcript as the file store writes it: UTF-8 JSON."""
+    return json.dumps(messages, ensure_ascii=False).encode()
+
+
 def transcript_size(messages: list[dict]) -> int:
-    """About how many bytes a transcript of these messages takes (UTF-8 JSON)."""
-    return len(json.dumps(messages, ensure_ascii=False).encode())
+    """About how many bytes a store keeps for these messages (the file store's exactly).
+
+    What counts against MAX_STORAGE_PER_USER; the body limit has its own measure
+    (`streaming.limits.body_size`).
+    """
+    return len(encode_for_file(messages))
 
 
 @dataclass
@@ -145,7 +154,7 @@ class FileTranscriptStore(StagedWrites):
         """Write the file beside its place and fsync it; after a commit, sync the folder."""
         path = self.path(user_id, chat_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(messages, ensure_ascii=False).encode()
+        data = encode_for_file(messages)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
         staged = StagedFile(path, Path(temp), len(data), new)
         try:

@@ -1,12 +1,12 @@
 """/chat's stream: relay the reply and its thinking, run tools for the model, save the chat."""
 
-import datetime
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..clock import utc_stamp
 from ..coordination import Lease
 from ..llm.errors import INVALID_ANSWER, InstanceError
 from ..llm.pool import Admission
@@ -22,13 +22,7 @@ TOO_MANY_CALLS = "error: too many tool calls in one round (at most {max_calls}):
 # The saved answer of a call whose tool never answered (a drain, a client gone, a failure):
 # every saved tool call has its result, as Ollama and OpenAI-compatible servers require.
 INTERRUPTED = "interrupted"
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `timestamp()` writes
-
-
-def timestamp() -> str:
-    """Now, as ISO 8601 UTC with milliseconds."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `utc_stamp()` writes
 
 
 class Clock:
@@ -44,7 +38,7 @@ class Clock:
 
     def now(self) -> str:
         """The later of now and the last stamp given."""
-        self.last = max(timestamp(), self.last)
+        self.last = max(utc_stamp(), self.last)
         return self.last
 
 
@@ -106,7 +100,7 @@ class ChatReply(StreamedReply):
         request_messages: list[dict],
         room: ReplyRoom,
         clock: Clock,
-        tools: ToolRunner | None = None,
+        tool_runner: ToolRunner | None = None,
         save: Callable[[list[dict]], Saved] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
@@ -114,7 +108,7 @@ class ChatReply(StreamedReply):
         self.request_messages = request_messages  # stamped when the request arrived
         self.room = room
         self.clock = clock
-        self.tools = tools
+        self.tool_runner = tool_runner
         self.save = save
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
         self.content: list[str] = []  # this round's text
@@ -125,10 +119,10 @@ class ChatReply(StreamedReply):
         rounds = 0
         while True:
             calls = yield from self._relay_round()
-            if not calls or self.tools is None:
+            if not calls or self.tool_runner is None:
                 break
             assistant = self._tool_round_message(calls)
-            if rounds >= self.tools.max_rounds:
+            if rounds >= self.tool_runner.max_rounds:
                 yield self._end_with(TOO_MANY_ROUNDS)
                 break
             if not self.room.take_tool_round(assistant, len(calls)):
@@ -198,6 +192,7 @@ class ChatReply(StreamedReply):
         """Keep a piece of the reply (or of its thinking) and make its stream line."""
         if kind == "thinking":
             self.thinking.append(piece)
+            self.thinking_pieces += 1
             return ndjson_line({"status": "ok", "msg": "", "thinking": piece, "done": False})
         self.content.append(piece)
         self.pieces.append(piece)
@@ -228,15 +223,15 @@ class ChatReply(StreamedReply):
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
         self.unanswered = [call["function"]["name"] for call in calls]
-        max_calls = self.tools.max_calls
+        max_calls = self.tool_runner.max_calls
         for index, call in enumerate(calls):
             if self.stopped:
                 raise Stopped()
             name, arguments = call["function"]["name"], call["function"]["arguments"]
             if index < max_calls:
                 yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
-                result = self.tools.registry.run(
-                    name, arguments, self.tools.context, self.tools.timeout
+                result = self.tool_runner.registry.run(
+                    name, arguments, self.tool_runner.context, self.tool_runner.timeout
                 ).content
             else:
                 result = TOO_MANY_CALLS.format(max_calls=max_calls)

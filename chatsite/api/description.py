@@ -20,13 +20,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-from ..api import responses, schemas
-from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
+from ..media import NDJSON
+from . import responses, schemas
+from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
 
 UNDESCRIBED = "(not described)"
-NDJSON = "application/x-ndjson"
 
 INTRODUCTION = """\
 The back end of an LLM chat web site. Every API endpoint is a `POST` with a JSON body that
@@ -114,7 +114,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/models", "POST"): Operation(
         "The models the chat instances serve",
         "Each model once, with its capabilities; an instance that is down is left out. "
-        "Cached for MODELS_CACHE_SECONDS.",
+        "Each worker fetches the list in the background, as it starts and then every "
+        "MODELS_CACHE_SECONDS.",
         body=schemas.TokenOnlySchema,
         answer=responses.ModelListSchema,
         errors=BODY_ERRORS,
@@ -168,8 +169,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/metrics", "GET"): Operation(
         "Prometheus metrics for the whole host",
-        "Prometheus text format, summed over the host's workers. Keep it to internal "
-        "addresses (deploy/nginx.conf).",
+        "Prometheus text format, summed over the host's workers. Every series exists from "
+        "the first scrape (each model of the catalog and each configured instance at 0). "
+        "Keep it to internal addresses (deploy/nginx.conf).",
         tag="operations",
         media="text/plain",
     ),
