@@ -17,12 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def _resolve_paths(app: Flask) -> None:
-    """Put the default database and chat folder in the instance folder."""
+    """Put the default database, chat, journal and lock folders in the instance folder."""
     os.makedirs(app.instance_path, exist_ok=True)
     if not app.config.get("DATABASE_URL"):
         app.config["DATABASE_URL"] = "sqlite:///" + os.path.join(app.instance_path, "chatsite.db")
     if not app.config.get("CHAT_DIR"):
         app.config["CHAT_DIR"] = os.path.join(app.instance_path, "chats")
+    if not app.config.get("JOURNAL_DIR"):
+        app.config["JOURNAL_DIR"] = os.path.join(app.instance_path, "journal")
     if not app.config.get("LOCK_DIR"):
         app.config["LOCK_DIR"] = os.path.join(app.instance_path, "locks")
     secret = app.config.get("JWT_SECRET")

@@ -13,6 +13,8 @@ JWT_LEEWAY = 10  # seconds of clock skew tolerated on exp/nbf/iat
 DATABASE_URL = None
 CHAT_DIR = None
 CHAT_STORE = "files"
+# Saves the database could not take yet, kept on this host until they are written.
+JOURNAL_DIR = None
 AUTO_CREATE_USERS = True
 
 # Limits.

@@ -10,6 +10,8 @@ from .coordination import Coordinator, make_coordinator
 from .llm.catalog import ModelCatalog
 from .llm.instances import build_instances
 from .llm.pool import InstancePool
+from .storage.journal import Journal
+from .storage.saves import ChatSaves
 from .storage.transcripts import TranscriptStore, make_transcript_store
 from .tools import ToolRegistry, registry_from_config
 
@@ -20,6 +22,7 @@ class Site:
 
     tokens: TokenVerifier
     transcripts: TranscriptStore
+    saves: ChatSaves  # /chat's saves, journaled while the database is away
     catalog: ModelCatalog
     pool: InstancePool
     coordinator: Coordinator
@@ -45,9 +48,11 @@ def build_site(config: dict[str, Any]) -> Site:
         first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
     )
     coordinator = make_coordinator(config)
+    transcripts = make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"])
     return Site(
         tokens=TokenVerifier(config),
-        transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
+        transcripts=transcripts,
+        saves=ChatSaves(transcripts, Journal(config["JOURNAL_DIR"])),
         catalog=catalog,
         coordinator=coordinator,
         pool=InstancePool(
@@ -71,9 +76,12 @@ def build_site(config: dict[str, Any]) -> Site:
 
 
 def start_background_work(app: Flask) -> None:
-    """Start what a worker runs beside its requests (the catalog's refresher) as it begins
-    serving: gunicorn's post_worker_init. Elsewhere the first request starts it."""
-    app.extensions["chatsite"].catalog.start()
+    """Start what a worker runs beside its requests (the catalog's refresher, the journal's
+    replayer) as it begins serving: gunicorn's post_worker_init. Elsewhere the first request
+    starts the refresher, and the first journaled save the replayer."""
+    site = app.extensions["chatsite"]
+    site.catalog.start()
+    site.saves.replayer.start()  # saves an outage left, a dead worker's included
 
 
 def current_site() -> Site:

@@ -273,6 +273,7 @@ def site_env(folder: Path, instances: list, database_url: str | None = None, ini
         "CHATSITE_DATABASE_URL": url,
         "CHATSITE_CHAT_DIR": str(folder / "chats"),
         "CHATSITE_LOCK_DIR": str(folder / "locks"),
+        "CHATSITE_JOURNAL_DIR": str(folder / "journal"),
         "CHATSITE_CHAT_INSTANCES": json.dumps(instances),
         "CHATSITE_INSTANCE_WAIT_TIMEOUT": "2",
         # Read by gunicorn.conf.py: a server stopped with streams still open stops quickly.

@@ -454,7 +454,7 @@ def test_a_reply_that_cannot_be_saved_ends_with_an_error_line(live, token_for, m
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("chatsite.api.chat.save_chat", broken_save)
+    monkeypatch.setattr("chatsite.storage.saves.save_chat", broken_save)
     _, lines = stream(live.url, "/chat", chat_body(token, model="echo", chatfile=chat_id))
     assert lines[-1] == {
         "status": "error",

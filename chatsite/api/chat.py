@@ -7,8 +7,7 @@ from flask import Blueprint, current_app
 from ..errors import ApiError
 from ..llm.protocols.base import ChatRequest
 from ..site import Site, current_site
-from ..storage.chats import ensure_room, find_chat, save_chat
-from ..storage.database import database_connection
+from ..storage.chats import ensure_room, find_chat
 from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
@@ -18,12 +17,6 @@ from .gate import check_options, choose_model, lock_user, start_reply
 from .schemas import ChatSchema
 
 bp = Blueprint("chat", __name__)
-
-
-def save_after_stream(site: Site, user_id: str, chat_id: str, messages: list[dict]) -> None:
-    """Save the chat with a short-lived connection: none is held while streaming."""
-    with database_connection():
-        save_chat(site.transcripts, user_id, chat_id, messages)
 
 
 def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner | None:
@@ -75,7 +68,7 @@ def chat():
         find_chat(user_id, chat_id)
         # Refused before the GPU works for it; an accepted reply is always saved.
         ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
-        save = partial(save_after_stream, site, user_id, chat_id)
+        save = partial(site.saves.save, user_id, chat_id)
     room = reply_room(messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)

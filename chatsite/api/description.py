@@ -109,7 +109,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/get-chat", "POST"): Operation(
         "The messages of one of the user's chats",
-        "A chat that does not exist and one of another user are both a 404.",
+        "A chat that does not exist and one of another user are both a 404. While the "
+        "database is away, a 503; a reply that ended meanwhile (`saved: pending`) appears "
+        "once it is back.",
         body=schemas.ChatIdSchema,
         answer=responses.ChatContentsSchema,
         errors=(*BODY_ERRORS, 404),
@@ -138,7 +140,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "Stream the next reply of a conversation",
         "`model` defaults to the user's preferred model and `system` to the user's system "
         "prompt. With `chatfile`, the exchange is saved to that chat (404 if it is not the "
-        "user's). The last line carries `fullMsg`, every `msg` of the answer joined.",
+        "user's). The last line carries `fullMsg`, every `msg` of the answer joined, and "
+        "`saved: pending` when the database could not take the save: the exchange is kept "
+        "and appears in the chat once the database is back.",
         body=schemas.ChatSchema,
         lines=(responses.ChatLineSchema, responses.StreamErrorSchema),
         errors=(*BODY_ERRORS, 404, 429, 500, 502, 504),

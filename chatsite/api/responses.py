@@ -8,6 +8,12 @@ from marshmallow import fields, validate
 
 from .schemas import MessageSchema, StrictSchema
 
+SAVED_PENDING = (
+    "Last line of a /chat with a `chatfile` only, when the database could not take the save: "
+    "the exchange is kept on the server and will appear in the chat once the database is "
+    "back. Absent when the exchange was saved at once."
+)
+
 
 class ErrorSchema(StrictSchema):
     """Every error answered before a stream starts."""
@@ -120,6 +126,9 @@ class ChatLineSchema(StrictSchema):
         metadata={"description": "Last line only: every `msg` of this answer, joined."}
     )
     stopped = fields.Boolean(metadata={"description": "Last line of a stream ended by /stop."})
+    saved = fields.String(
+        validate=validate.Equal("pending"), metadata={"description": SAVED_PENDING}
+    )
 
 
 class StreamErrorSchema(StrictSchema):
@@ -128,6 +137,9 @@ class StreamErrorSchema(StrictSchema):
     status = fields.String(required=True, validate=validate.Equal("error"))
     msg = fields.String(required=True)
     done = fields.Boolean(required=True, validate=validate.Equal(True))
+    saved = fields.String(
+        validate=validate.Equal("pending"), metadata={"description": SAVED_PENDING}
+    )
 
 
 class InstanceHealthSchema(StrictSchema):

@@ -1,6 +1,7 @@
 """Chats: a record per chat plus its transcript in the transcript store, kept in step."""
 
 import contextlib
+import datetime
 import logging
 import uuid
 
@@ -104,17 +105,32 @@ def name_from(messages: list[dict]) -> str | None:
     return None
 
 
-def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list[dict]) -> None:
+def save_chat(
+    store: TranscriptStore,
+    user_id: str,
+    chat_id: str,
+    messages: list[dict],
+    accepted: datetime.datetime | None = None,
+    replayed: bool = False,
+) -> bool:
     """Replace a chat's messages, renaming a "New chat" from its first user message.
 
     The transcript is staged before the write lock is taken, and becomes the chat's only
     if the record is updated with it: a locked database never waits on a disk write, and
     record and transcript change together or not at all.
+
+    `accepted` (default now) becomes the record's `updated_at`. A `replayed` save (from
+    the journal) leaves a chat saved at or after its `accepted` as it is: that save is
+    either this very one (its answer was lost with the connection) or a later one, which
+    holds what the user sent last. Return whether the chat was written.
     """
+    accepted = accepted or stored_now()
     with store.stage(user_id, chat_id, messages) as staged, write_transaction():
         chat = find_chat(user_id, chat_id)
+        if replayed and chat.updated_at >= accepted:
+            return False
         changes = {
-            Chat.updated_at: stored_now(),
+            Chat.updated_at: accepted,
             Chat.message_count: len(messages),
             Chat.transcript_bytes: staged.size,
         }
@@ -122,6 +138,7 @@ def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list
             changes[Chat.name] = name
         Chat.update(changes).where(Chat.id == chat_id).execute()
         staged.commit()
+    return True
 
 
 def count_unsized_chats(store: TranscriptStore) -> int:

@@ -10,6 +10,7 @@ from ..clock import utc_stamp
 from ..coordination import Lease
 from ..llm.pool import Admission
 from ..llm.protocols.base import TOOL, ChatRequest, ToolCall, ToolCalls
+from ..storage.saves import Saved
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
 from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
@@ -84,7 +85,7 @@ class ChatReply(StreamedReply):
         room: ReplyRoom,
         clock: Clock,
         tool_runner: ToolRunner | None = None,
-        save: Callable[[list[dict]], None] | None = None,
+        save: Callable[[list[dict]], Saved] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
         self.request = request  # its messages grow by each tool round
@@ -118,7 +119,7 @@ class ChatReply(StreamedReply):
         if not self.finish(complete=True):
             yield error_line(NOT_SAVED)
             return
-        yield ndjson_line(self.last_line())
+        yield ndjson_line(self.ending(self.last_line()))
 
     def last_line(self) -> dict:
         return {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
@@ -236,4 +237,5 @@ class ChatReply(StreamedReply):
             reply["thinking"] = "".join(self.thinking)
         if not complete:
             reply["incomplete"] = True
-        self.save(self.request_messages + answered + [reply])
+        saved = self.save(self.request_messages + answered + [reply])
+        self.save_pending = saved is Saved.PENDING

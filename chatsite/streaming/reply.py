@@ -7,7 +7,8 @@ started, so cleanup lives there rather than in a generator's `finally`.
 
 A request that waits in line with `queue_updates` starts its stream at once with `queued`
 lines. /stop ends a reply from outside (`stop()`): its last line is the ordinary one plus
-`"stopped": true`.
+`"stopped": true`. A reply whose save waits in the journal (the database is away) says so
+on its last line, whatever that line is: `"saved": "pending"`.
 """
 
 import contextlib
@@ -86,6 +87,7 @@ class StreamedReply:
         self.pieces: list[str] = []
         self.thinking_pieces = 0  # relayed pieces of thinking (counted, not kept here)
         self.stopped = False
+        self.save_pending = False  # set by `on_finish` when the save was journaled
         self.stop_watch: Lease | None = None
         self.client_gone: Callable[[], bool] = lambda: False
         self._queued: tuple[Generator[int, None, None], int] | None = None
@@ -120,6 +122,13 @@ class StreamedReply:
 
     def on_finish(self, complete: bool) -> None:
         """Persist what the reply produced (the chat file), before locks are freed."""
+
+    def ending(self, line: dict) -> dict:
+        """The stream's last line, telling of a save kept for later if there is one."""
+        return {**line, "saved": "pending"} if self.save_pending else line
+
+    def _error_line(self, msg: str) -> bytes:
+        return ndjson_line(self.ending({"status": "error", "msg": msg, "done": True}))
 
     # -- admission: at once, waiting here, or waiting in the stream --
 
@@ -186,23 +195,23 @@ class StreamedReply:
                 return
             log.warning("stream from %s failed: %s", self.slot.instance.url, error.detail)
             self.finish(complete=False)
-            yield error_line(error.msg)
+            yield self._error_line(error.msg)
         except WAIT_ERRORS as error:
             self.finish(complete=False)
-            yield error_line(str(error))
+            yield self._error_line(str(error))
         except ClientGone:
             self.finish(complete=False)
         except drain.Draining as error:
             self.finish(complete=False)
-            yield error_line(str(error))
+            yield self._error_line(str(error))
         except Exception:
             log.exception("stream failed")
             self.finish(complete=False)
-            yield error_line("internal error")
+            yield self._error_line("internal error")
 
     def _end_stopped(self) -> Iterator[bytes]:
         saved = self.finish(complete=False)
-        yield ndjson_line({**self.last_line(), "stopped": True})
+        yield ndjson_line(self.ending({**self.last_line(), "stopped": True}))
         if not saved:
             log.warning("a stopped reply could not be saved")
 
