@@ -20,6 +20,7 @@ from .auth import SignInRefused, SignInUnavailable
 from .coordination.base import UserBusy
 from .llm.errors import (
     InstanceFailed,
+    InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
     QueueFull,
@@ -77,6 +78,7 @@ DOMAIN_ERRORS: dict[type[Exception], Answer] = {
     UnknownModel: Answer(400),
     InstanceRefused: Answer(400),
     InstanceFailed: Answer(500),
+    InstanceMisconfigured: Answer(502),  # a chat server refused chatsite's own key
     ChatNotFound: Answer(404, "chat not found"),
     ChatLimitReached: Answer(400),
     ChatStorageFull: Answer(400),

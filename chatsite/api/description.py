@@ -35,7 +35,12 @@ anything else, so a bad one is a 401 whatever else is wrong. Errors answered bef
 starts are `{"status": "error", "msg": "..."}`. `/chat` and `/generate` stream NDJSON: one
 JSON object per line (each line's schema is given), sent as soon as it exists; an error after
 the stream began is a last line `{"status": "error", "msg": "...", "done": true}`. The
-operations endpoints (`GET`) are for load balancers, monitoring and this page."""
+operations endpoints (`GET`) are for load balancers, monitoring and this page.
+
+The chat instances behind it are of two kinds (`CHAT_INSTANCES`, each entry's `api`):
+`ollama` (Ollama's API) and `openai` (the OpenAI API as vLLM, SGLang and llama.cpp serve
+it, at a URL ending in `/v1`). Both kinds may serve one pool; a client sees the same
+endpoints, lines and saved chats whichever kind answers."""
 
 # Error answers, by status code: (component name, description).
 ERRORS: dict[int, tuple[str, str]] = {
@@ -49,6 +54,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     413: ("TooLarge", "The body is larger than the configured limit (1 MiB by default)."),
     429: ("Busy", "This user already has a /chat or /generate in flight; see Retry-After."),
     500: ("ServerError", "The chat server or the storage failed (no details are given)."),
+    502: ("BadGateway", "A chat server refused chatsite's own credentials: for the operator."),
     503: ("Unavailable", "A back end (database, Redis) is down, or too many requests wait."),
     504: ("NoInstance", "No chat instance serving the model freed up within the wait."),
 }
@@ -127,7 +133,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "the whole text. Every status code is decided before the stream starts.",
         body=schemas.GenerateSchema,
         lines=(responses.GenerateLineSchema, responses.StreamErrorSchema),
-        errors=(*BODY_ERRORS, 429, 500, 504),
+        errors=(*BODY_ERRORS, 429, 500, 502, 504),
         example={"token": TOKEN, "model": "llama3", "prompt": "Once upon a time"},
     ),
     ("/chat", "POST"): Operation(
@@ -139,7 +145,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "and appears in the chat once the database is back.",
         body=schemas.ChatSchema,
         lines=(responses.ChatLineSchema, responses.StreamErrorSchema),
-        errors=(*BODY_ERRORS, 404, 429, 500, 504),
+        errors=(*BODY_ERRORS, 404, 429, 500, 502, 504),
         example={
             "token": TOKEN,
             "model": "llama3",
@@ -217,7 +223,10 @@ def describe_custom_fields(
             "description": "Trimmed; 1 to 32 characters; no control characters.",
         }
     if isinstance(field, schemas.ModelName):
-        return {"description": "A model name; without a tag it means `:latest`, as in Ollama."}
+        return {
+            "description": "A model name as /models lists it; without a tag it also means "
+            "`:latest`, as in Ollama (an OpenAI API model id is taken as it is)."
+        }
     if isinstance(field, fields.Dict) and "maxLength" in ret:
         return {"maxProperties": ret.pop("maxLength")}  # a length check on a dict counts keys
     if field.name == "token" and isinstance(field.parent, schemas.LimitedSchema):

@@ -17,7 +17,7 @@ from marshmallow import (
 )
 
 from .. import defaults
-from ..llm.catalog import MAX_MODEL_NAME_CHARS, normalize_model
+from ..llm.protocols.base import MAX_MODEL_NAME_CHARS
 from ..streaming.limits import MAX_TOOL_CALLS
 from .options import OptionRules
 
@@ -61,7 +61,7 @@ DEFAULT_LIMITS = Limits.from_config(vars(defaults))
 
 
 class ModelName(fields.String):
-    """A model name, normalized to carry a tag."""
+    """A model name, as given: the catalog finds it (`echo` is `echo:latest` on Ollama)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
@@ -71,9 +71,6 @@ class ModelName(fields.String):
             ],
             **kwargs,
         )
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        return normalize_model(super()._deserialize(value, attr, data, **kwargs))
 
 
 class Nickname(fields.String):

@@ -26,6 +26,7 @@ from ..llm.client import InstanceStream
 from ..llm.errors import (
     InstanceError,
     InstanceFailed,
+    InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
     QueueFull,
@@ -39,7 +40,14 @@ from . import drain
 log = logging.getLogger(__name__)
 
 QUEUE_UPDATE_SECONDS = 5.0  # a queued line at least this often: it also finds clients gone
-WAIT_ERRORS = (NoInstanceAvailable, QueueFull, UnknownModel, InstanceFailed, InstanceRefused)
+WAIT_ERRORS = (
+    NoInstanceAvailable,
+    QueueFull,
+    UnknownModel,
+    InstanceFailed,
+    InstanceRefused,
+    InstanceMisconfigured,
+)
 
 
 def ndjson_line(payload: dict) -> bytes:
