@@ -4,7 +4,6 @@ Tools run in tool processes (`python -m chatsite.tools`), children of the worker
 tests find them in /proc.
 """
 
-import os
 import signal
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import requests
 
 from chatsite.coordination import FileCoordinator
 from tests.helpers import Stream, chat_body, create_chat, get_chat, site_env, user_is_free
-from tests.servers import wait_until
+from tests.servers import cpu_seconds, wait_until
 
 
 def tool_processes(worker: int) -> list[int]:
@@ -26,12 +25,6 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def running(pid: int) -> bool:
