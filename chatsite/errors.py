@@ -9,7 +9,13 @@ from playhouse.pool import MaxConnectionsExceeded
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from .llm.errors import InstanceFailed, InstanceRefused, NoInstanceAvailable, UnknownModel
+from .llm.errors import (
+    InstanceFailed,
+    InstanceMisconfigured,
+    InstanceRefused,
+    NoInstanceAvailable,
+    UnknownModel,
+)
 from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound, ChatStorageFull
 from .storage.users import NO_USER_DATA, NoUserData
 
@@ -35,6 +41,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
     UnknownModel: (400, None),
     InstanceRefused: (400, None),
     InstanceFailed: (500, None),
+    InstanceMisconfigured: (502, None),
     ChatNotFound: (404, "chat not found"),
     ChatLimitReached: (400, None),
     ChatStorageFull: (400, None),

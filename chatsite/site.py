@@ -9,8 +9,8 @@ from marshmallow import Schema
 from .api.schemas import Limits
 from .auth import TokenVerifier
 from .coordination import Coordinator, make_coordinator
-from .llm.catalog import Instance, ModelCatalog, parse_instances
-from .llm.client import OllamaClient
+from .llm.catalog import ModelCatalog
+from .llm.instances import build_instances
 from .llm.pool import InstancePool
 from .storage.transcripts import TranscriptStore, make_transcript_store
 from .tools import ToolRegistry, registry_from_config
@@ -44,25 +44,6 @@ class Site:
         if instance is None:
             instance = self._schemas[schema_class] = schema_class(limits=self.limits)
         return instance
-
-
-def build_instances(config: dict[str, Any]) -> list[Instance]:
-    """One Instance, with its pooled HTTP client, per configured chat instance."""
-    return [
-        Instance(
-            url=url,
-            max_concurrent=capacity,
-            client=OllamaClient(
-                url,
-                connect_timeout=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
-                read_timeout=float(config["UPSTREAM_READ_TIMEOUT"]),
-                max_seconds=float(config["UPSTREAM_MAX_SECONDS"]),
-                max_line=int(config["UPSTREAM_MAX_LINE_BYTES"]),
-                pool_size=max(capacity, 10),
-            ),
-        )
-        for url, capacity in parse_instances(config["CHAT_INSTANCES"])
-    ]
 
 
 def build_site(config: dict[str, Any]) -> Site:

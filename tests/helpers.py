@@ -20,7 +20,7 @@ from flask import Flask
 
 from chatsite import create_app
 from chatsite.coordination import Coordinator
-from chatsite.dev.instance import KNOBS, DevInstance
+from chatsite.dev.instance import KNOBS, MODELS, DevInstance
 from chatsite.site import Site
 from chatsite.storage.tables import create_tables
 from tests.servers import wait_until
@@ -32,8 +32,24 @@ TIMEOUT = 10  # seconds: a test talking to a local server never waits longer for
 NDJSON = "application/x-ndjson"
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available"}
 
+# The wire protocols a chat instance may speak: streaming tests run for each.
+KINDS = ("ollama", "openai")
+# What the OpenAI API cannot tell of the dev models, configured as an operator would.
+DEV_CAPABILITIES = {model.bare_name: list(model.capabilities) for model in MODELS.values()}
+CHAT_PATHS = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
+GENERATE_PATHS = {"ollama": "/api/generate", "openai": "/v1/completions"}
+
 
 # --- the app ------------------------------------------------------------------------------
+
+
+def instance_entry(instance: DevInstance, kind: str = "ollama", max_concurrent: int = 4, **extra):
+    """A CHAT_INSTANCES entry for a dev instance, speaking the wire protocol `kind`."""
+    if kind == "openai":
+        entry = {"url": instance.openai_url, "api": "openai", "models": DEV_CAPABILITIES}
+    else:
+        entry = {"url": instance.url}
+    return {**entry, "max_concurrent": max_concurrent, **extra}
 
 
 def build_app(folder: Path, database_url: str, *, tables: bool = True, **config: Any) -> Flask:
@@ -207,7 +223,11 @@ def user_is_free(coordinator: Coordinator, user: str) -> bool:
 
 
 def upstream_bodies(instance: DevInstance, path: str = "/api/chat") -> list[dict]:
-    """The bodies of the requests a dev instance received on `path`, oldest first."""
+    """The bodies of the requests a dev instance received on `path`, oldest first.
+
+    `path` may be a kind of instance ("openai"): its chat path then.
+    """
+    path = CHAT_PATHS.get(path, path)
     return [record["body"] for record in instance.requests() if record["path"] == path]
 
 

@@ -1,4 +1,5 @@
-"""The dev instance speaks Ollama's HTTP API with deterministic models; check it over real HTTP.
+"""The dev instance speaks Ollama's HTTP API and OpenAI's (under /v1) with deterministic models;
+check both over real HTTP.
 
 `dev` is the session's dev instance (conftest's `upstream`), its counters fresh for each test.
 """
@@ -9,11 +10,13 @@ import socket
 import pytest
 import requests
 
-from chatsite.dev.instance import MAX_BODY, parse_tool_calls
+from chatsite.dev.instance import MAX_BODY, DevInstance, parse_tool_calls
 from tests.helpers import NDJSON, messages, ndjson
 from tests.servers import wait_until
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+SSE = "text/event-stream"
+CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
@@ -39,6 +42,54 @@ def chat_text(lines):
 
 def chat(dev, model, conversation, **extra):
     return stream_lines(dev, "/api/chat", {"model": model, "messages": conversation, **extra})
+
+
+def error_of(resp):
+    """The error's message, after checking the error shape of the wire that was called."""
+    error = resp.json()["error"]
+    if "/v1/" in resp.url:
+        assert set(error) == {"message", "type", "code"}
+        return error["message"]
+    return error
+
+
+def sse(data):
+    """Parse a whole event stream, checking its framing: `data: <json>` events, blank-line ended."""
+    *events, rest = data.split(b"\n\n")
+    assert rest == b"", data
+    parsed = []
+    for event in events:
+        assert event.startswith(b"data: ") and b"\n" not in event, event
+        payload = event.removeprefix(b"data: ")
+        parsed.append("[DONE]" if payload == b"[DONE]" else json.loads(payload))
+    return parsed
+
+
+def stream_events(dev, path, body, **kwargs):
+    """POST a streamed OpenAI request; return its events (JSON objects, then "[DONE]")."""
+    with send(dev, path, {**body, "stream": True}, stream=True, **kwargs) as resp:
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["Content-Type"] == SSE
+        assert resp.headers["Transfer-Encoding"] == "chunked"
+        return sse(resp.content)
+
+
+def openai_chat(dev, model, conversation, **extra):
+    return stream_events(dev, CHAT, {"model": model, "messages": conversation, **extra})
+
+
+def deltas(events):
+    return [e["choices"][0]["delta"] for e in events if isinstance(e, dict) and e.get("choices")]
+
+
+def openai_text(events):
+    return "".join(delta.get("content") or "" for delta in deltas(events))
+
+
+def finish_reasons(events):
+    return [
+        e["choices"][0]["finish_reason"] for e in events if isinstance(e, dict) and e.get("choices")
+    ]
 
 
 def test_root_and_version(dev):
@@ -261,14 +312,27 @@ def test_token_delay_option(dev):
     assert wait_until(lambda: dev.stats()["completed_streams"] == 1)
 
 
-def test_client_disconnect_is_detected(dev):
-    body = {
-        "model": "slow",
-        "messages": messages("tick tock"),
-        "options": {"dev_token_delay": 0.05, "dev_repeat": 50},
-    }
-    resp = send(dev, "/api/chat", body, stream=True)
-    assert json.loads(next(resp.iter_lines()))["done"] is False
+@pytest.mark.parametrize(
+    ("path", "body", "unfinished"),
+    [
+        (
+            "/api/chat",
+            {"options": {"dev_token_delay": 0.05, "dev_repeat": 50}},
+            lambda line: json.loads(line)["done"] is False,
+        ),
+        (
+            CHAT,
+            {"stream": True, "dev_token_delay": 0.05, "dev_repeat": 50},
+            lambda line: (
+                json.loads(line.removeprefix(b"data: "))["choices"][0]["finish_reason"] is None
+            ),
+        ),
+    ],
+)
+def test_client_disconnect_is_detected(dev, path, body, unfinished):
+    body = {"model": "slow", "messages": messages("tick tock"), **body}
+    resp = send(dev, path, body, stream=True)
+    assert unfinished(next(resp.iter_lines()))
     resp.close()
 
     def gone():
@@ -325,11 +389,31 @@ def test_huge_body_gets_413(dev):
         ("/api/generate", b'{"prompt": "x"}'),
         ("/api/chat", b'{"model": "echo", "messages": 3}'),
         ("/api/chat", b'{"model": "echo", "options": {"dev_repeat": "x"}}'),
+        (CHAT, b"{not json"),
+        (CHAT, b"[1]"),
+        (CHAT, b""),
+        (CHAT, b'{"messages": []}'),
+        (CHAT, b'{"model": "echo", "messages": 3}'),
+        (CHAT, b'{"model": "echo", "dev_repeat": "x"}'),
+        (CHAT, b'{"model": "echo", "dev_token_delay": true}'),
+        (CHAT, b'{"model": "echo", "temperature": "hot"}'),
+        (CHAT, b'{"model": "echo", "top_k": 1.5}'),
+        (CHAT, b'{"model": "echo", "stop": [1]}'),
+        (CHAT, b'{"model": "echo", "max_tokens": 0}'),
+        (CHAT, b'{"model": "echo", "stream_options": {"include_usage": "yes"}}'),
+        (CHAT, b'{"model": "thinker", "chat_template_kwargs": {"enable_thinking": "no"}}'),
+        (
+            CHAT,
+            b'{"model": "tooler", "messages": [{"role": "assistant", "tool_calls":'
+            b' [{"id": "c", "function": {"name": "f", "arguments": {}}}]}]}',
+        ),
+        ("/v1/completions", b'{"model": "echo", "prompt": 1}'),
+        ("/v1/completions", b'{"model": "echo", "prompt": "a", "suffix": "b"}'),
     ],
 )
 def test_bad_requests_get_400(dev, path, data):
     resp = requests.post(dev.url + path, data=data, timeout=5)
-    assert resp.status_code == 400 and isinstance(resp.json()["error"], str)
+    assert resp.status_code == 400 and isinstance(error_of(resp), str)
 
 
 def test_keep_alive_and_chunk_framing(dev):
@@ -373,13 +457,310 @@ def test_misbehave_endpoint(dev):
     assert send(dev, "/dev/misbehave", {"skip_done": True}).status_code == 200
     assert not any(line.get("done") for line in chat(dev, "echo", messages("x")))
     assert requests.get(dev.url + "/api/tags", timeout=5).json()["models"]  # replaced
-    for bad in ({"nonsense": 1}, {"linger": -1}, {"linger": "x"}, {"skip_done": 1}):
+    for bad in (
+        {"nonsense": 1},
+        {"linger": -1},
+        {"linger": "x"},
+        {"skip_done": 1},
+        {"skip_sentinel": "yes"},
+        {"repeat_ids": 1},
+        {"reasoning_field": "thoughts"},
+        {"finish_reason": 3},
+    ):
         assert send(dev, "/dev/misbehave", bad).status_code == 400
     send(dev, "/dev/reset", {})
     assert chat(dev, "echo", messages("x"))[-1]["done"] is True
 
 
-def test_fail_injection_with_an_error_text(dev):
-    send(dev, "/dev/fail", {"status": 500, "count": 1, "error": "disk on fire"})
-    resp = send(dev, "/api/chat", {"model": "echo", "messages": messages("x")})
-    assert (resp.status_code, resp.json()) == (500, {"error": "disk on fire"})
+@pytest.mark.parametrize(
+    ("status", "path", "answer"),
+    [
+        (500, "/api/chat", {"error": "disk on fire"}),
+        (500, CHAT, {"error": {"message": "disk on fire", "type": "internal_error", "code": 500}}),
+        (
+            503,
+            "/v1/completions",
+            {"error": {"message": "disk on fire", "type": "internal_error", "code": 503}},
+        ),
+        (
+            429,
+            "/v1/models",
+            {"error": {"message": "disk on fire", "type": "rate_limit_error", "code": 429}},
+        ),
+    ],
+)
+def test_fail_injection_with_an_error_text(dev, status, path, answer):
+    send(dev, "/dev/fail", {"status": status, "count": 1, "error": "disk on fire"})
+    body = {"model": "echo", "messages": messages("x"), "prompt": "x"}
+    method = "GET" if path == "/v1/models" else "POST"
+    resp = requests.request(method, dev.url + path, json=body, timeout=5)
+    assert (resp.status_code, resp.json()) == (status, answer)
+    assert requests.request(method, dev.url + path, json=body, timeout=5).status_code == 200
+
+
+# --- OpenAI mode: /v1 --------------------------------------------------------------------------
+
+
+def test_openai_models_lists_the_bare_names(dev):
+    data = requests.get(dev.url + "/v1/models", timeout=5).json()
+    assert data["object"] == "list"
+    assert [m["id"] for m in data["data"]] == [
+        "echo",
+        "coder",
+        "tooler",
+        "slow",
+        "broken",
+        "thinker",
+    ]
+    for model in data["data"]:
+        assert model["object"] == "model" and model["owned_by"] == "chatsite-dev"
+        assert isinstance(model["created"], int)
+
+
+@pytest.mark.parametrize("name", ["nope", "echo:latest", ""])
+def test_openai_unknown_models(dev, name):
+    resp = send(dev, CHAT, {"model": name, "messages": messages("hi"), "stream": True})
+    assert resp.status_code == (404 if name else 400)
+    assert error_of(resp) == (
+        f"The model `{name}` does not exist." if name else "model is required"
+    )
+
+
+def test_openai_chat_streams_chunks_usage_and_done(dev):
+    conversation = [{"role": "system", "content": "be brief"}, *messages("a", "ok", "hello  big")]
+    events = openai_chat(dev, "echo", conversation, stream_options={"include_usage": True})
+    *chunks, usage, done = events
+    assert done == "[DONE]"
+    assert len({e["id"] for e in events[:-1]}) == 1 and events[0]["id"].startswith("chatcmpl-")
+    for chunk in chunks:
+        assert chunk["object"] == "chat.completion.chunk" and chunk["model"] == "echo"
+        assert isinstance(chunk["created"], int) and len(chunk["choices"]) == 1
+    assert deltas(chunks)[0]["role"] == "assistant"
+    pieces = [d["content"] for d in deltas(chunks)[1:-1]]
+    assert pieces == ["[be ", "brief] ", "You ", "said: ", "hello  ", "big"]
+    assert deltas(chunks)[-1] == {}
+    assert finish_reasons(chunks) == [None] * (len(chunks) - 1) + ["stop"]
+    assert usage["choices"] == [] and usage["id"] == chunks[0]["id"]
+    assert usage["usage"] == {"prompt_tokens": 6, "completion_tokens": 6, "total_tokens": 12}
+    # without include_usage: no usage chunk
+    events = openai_chat(dev, "echo", messages("hi"))
+    assert events[-1] == "[DONE]" and all("usage" not in e for e in events[:-1])
+    assert openai_text(events) == "You said: hi"
+
+
+def test_openai_dev_knobs_and_max_tokens(dev):
+    events = openai_chat(dev, "echo", messages("ab"), dev_repeat=3, temperature=0.2, seed=1)
+    assert openai_text(events) == "You said: ab" * 3
+    events = openai_chat(dev, "echo", messages("a b c"), max_tokens=2, top_k=4, min_p=0.1)
+    assert openai_text(events) == "You said: "
+    assert finish_reasons(events)[-1] == "length"
+    events = openai_chat(dev, "echo", messages("a"), max_tokens=3, stop=["x"], repeat_penalty=1)
+    assert openai_text(events) == "You said: a" and finish_reasons(events)[-1] == "stop"
+
+
+def test_openai_stream_false_returns_one_object(dev):
+    body = {"model": "thinker", "messages": messages("hi"), "max_tokens": 100}
+    data = send(dev, CHAT, body).json()
+    assert data["object"] == "chat.completion" and data["model"] == "thinker"
+    assert data["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "You said: hi",
+                "reasoning_content": "The user wrote 'hi'; I will echo it. ",
+            },
+            "finish_reason": "stop",
+        }
+    ]
+    assert data["usage"]["total_tokens"] == data["usage"]["prompt_tokens"] + 11
+
+
+@pytest.mark.parametrize("field", [None, "reasoning_content", "reasoning", "thinking"])
+def test_openai_thinker_reasons_in_the_field_it_is_told(dev, field):
+    if field:
+        dev.misbehave(reasoning_field=field)
+    events = openai_chat(dev, "thinker", messages("hm"))
+    name = field or "reasoning_content"
+    thoughts = [d.get(name, "") for d in deltas(events)]
+    assert "".join(thoughts) == "The user wrote 'hm'; I will echo it. "
+    first_text = next(i for i, d in enumerate(deltas(events)) if d.get("content"))
+    assert all(not t for t in thoughts[first_text:])
+    assert openai_text(events) == "You said: hm"
+    other_fields = {"reasoning_content", "reasoning", "thinking"} - {name}
+    assert not any(other_fields & set(d) for d in deltas(events))
+    # the thinking switch of vLLM and SGLang
+    events = openai_chat(
+        dev, "thinker", messages("hm"), chat_template_kwargs={"enable_thinking": False}
+    )
+    assert not any(name in d for d in deltas(events)) and openai_text(events) == "You said: hm"
+
+
+def tool_fragments(events):
+    return [f for d in deltas(events) for f in d.get("tool_calls", [])]
+
+
+def test_openai_tool_calls_stream_as_argument_fragments(dev):
+    text = 'say "checking" call get_weather {"city": "Zürich \\"Z\\""} and call now'
+    events = openai_chat(dev, "tooler", messages(text), tools=TOOLS)
+    assert openai_text(events) == "checking"
+    assert finish_reasons(events)[-1] == "tool_calls" and events[-1] == "[DONE]"
+    fragments = tool_fragments(events)
+    weather = [f for f in fragments if f["index"] == 0]
+    arguments = json.dumps({"city": 'Zürich "Z"'})  # \u00fc and \" escapes: split mid-escape
+    assert [f["function"]["arguments"] for f in weather] == [
+        arguments[at : at + 3] for at in range(0, len(arguments), 3)
+    ]
+    first, *rest = weather
+    assert first["id"].startswith("call_") and first["type"] == "function"
+    assert first["function"]["name"] == "get_weather"
+    assert all(
+        set(f) == {"index", "function"} and set(f["function"]) == {"arguments"} for f in rest
+    )
+    now = [f for f in fragments if f["index"] == 1]
+    assert len(now) == 1 and now[0]["function"] == {"name": "now", "arguments": "{}"}
+    assert now[0]["id"] != first["id"]
+
+
+def test_openai_tooler_answers_by_tool_call_id(dev):
+    conversation = [
+        *messages("call a and call b"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": "{}"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_2", "content": "2"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+        {"role": "tool", "tool_call_id": "call_9", "content": "?"},
+    ]
+    events = openai_chat(dev, "tooler", conversation, tools=TOOLS)
+    assert openai_text(events) == "Tool b said: 2; Tool a said: 1; Tool ? said: ?"
+    assert finish_reasons(events)[-1] == "stop"
+    # a model without tools ignores them, as OpenAI-compatible servers do
+    assert (
+        openai_text(openai_chat(dev, "echo", messages("call x"), tools=TOOLS)) == "You said: call x"
+    )
+
+
+def test_openai_tool_call_misbehaviour(dev):
+    text = 'call f {"q": "abcdefgh"} call g {"n": 1}'
+    dev.misbehave(repeat_ids=True, same_index=True)
+    fragments = tool_fragments(openai_chat(dev, "tooler", messages(text), tools=TOOLS))
+    assert len(fragments) > 2 and {f["index"] for f in fragments} == {0}
+    assert all(f["type"] == "function" and f["id"].startswith("call_") for f in fragments)
+    by_id = {}
+    for fragment in fragments:
+        by_id.setdefault(fragment["id"], []).append(fragment["function"])
+    assert [{f["name"] for f in parts} for parts in by_id.values()] == [{"f"}, {"g"}]
+    assert ["".join(f["arguments"] for f in parts) for parts in by_id.values()] == [
+        '{"q": "abcdefgh"}',
+        '{"n": 1}',
+    ]
+    dev.misbehave(bad_arguments=True)
+    fragments = tool_fragments(openai_chat(dev, "tooler", messages(text), tools=TOOLS))
+    for index in (0, 1):
+        arguments = "".join(f["function"]["arguments"] for f in fragments if f["index"] == index)
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(arguments)
+
+
+@pytest.mark.parametrize(
+    ("how", "finish", "ending"),
+    [
+        ({"skip_done": True}, [], "no [DONE]"),
+        ({"skip_sentinel": True}, ["stop"], "no [DONE]"),
+        ({"finish_reason": "abort"}, ["abort"], "[DONE]"),
+    ],
+)
+def test_openai_stream_endings(dev, how, finish, ending):
+    dev.misbehave(**how)
+    events = openai_chat(dev, "echo", messages("x"), stream_options={"include_usage": True})
+    assert openai_text(events) == "You said: x"
+    assert [r for r in finish_reasons(events) if r] == finish
+    assert (events[-1] == "[DONE]") == (ending == "[DONE]")
+    assert any("usage" in e for e in events if isinstance(e, dict)) == bool(finish)
+
+
+def test_openai_broken_sends_an_error_event_and_closes(dev):
+    dev.misbehave(error="out of memory")
+    body = json.dumps({"model": "broken", "messages": messages("x"), "stream": True}).encode()
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with socket.create_connection(dev.server.server_address[:2], timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):  # ends only when the server closes the connection
+            data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    assert b"Content-Type: text/event-stream" in head and body.endswith(b"0\r\n\r\n")
+    events = [e.removeprefix(b"data: ") for e in body.split(b"\r\n") if e.startswith(b"data: ")]
+    *pieces, error = [json.loads(e) for e in events]
+    assert openai_text(pieces) == "You said: x" and all(r is None for r in finish_reasons(pieces))
+    assert error == {"error": {"message": "out of memory", "type": "internal_error", "code": 500}}
+
+
+def test_openai_completions_and_fill_in_the_middle(dev):
+    prompt, suffix = "def add(a, b):\n    return", "\n\nprint(add(1, 2))"
+    events = stream_events(
+        dev,
+        "/v1/completions",
+        {"model": "coder", "prompt": prompt, "suffix": suffix},
+    )
+    assert events[-1] == "[DONE]" and events[0]["id"].startswith("cmpl-")
+    assert all(e["object"] == "text_completion" and e["model"] == "coder" for e in events[:-1])
+    expected = f"<fill between {prompt[-20:]!r} and {suffix[:20]!r}>"
+    assert "".join(e["choices"][0]["text"] for e in events[:-1]) == expected
+    assert [e["choices"][0]["finish_reason"] for e in events[-2:-1]] == ["stop"]
+    body = {"model": "echo", "prompt": "a b c", "max_tokens": 2}
+    events = stream_events(
+        dev,
+        "/v1/completions",
+        body,
+    )
+    assert [e["choices"][0]["text"] for e in events[:-1]] == ["a ", "b ", ""]
+    assert events[-2]["choices"][0]["finish_reason"] == "length"
+    resp = send(dev, "/v1/completions", {"model": "echo", "prompt": "a", "suffix": "b"})
+    assert resp.status_code == 400 and error_of(resp) == "model `echo` does not support suffix"
+
+
+def test_openai_calls_are_recorded_and_load_models(dev):
+    body = {"model": "coder", "prompt": "x", "stream": True}
+    stream_events(dev, "/v1/completions", body)
+    requests.get(dev.url + "/v1/models", timeout=5)
+    assert dev.requests() == [
+        {"path": "/v1/completions", "body": body},
+        {"path": "/v1/models", "body": None},
+    ]
+    assert dev.loaded() == ["coder:latest"]
+    assert wait_until(lambda: dev.stats()["completed_streams"] == 1)
+    resp = requests.get(dev.url + "/v1/nothing", timeout=5)
+    assert resp.status_code == 404 and error_of(resp) == "not found"
+
+
+def test_openai_api_key():
+    with DevInstance(api_key="sk-dev") as keyed:
+        url, body = keyed.openai_url, {"model": "echo", "messages": messages("hi")}
+        for headers in ({}, {"Authorization": "Bearer sk-other"}, {"Authorization": "sk-dev"}):
+            resp = requests.post(url + "/chat/completions", json=body, headers=headers, timeout=5)
+            assert resp.status_code == 401
+            assert resp.json() == {
+                "error": {
+                    "message": "Incorrect API key provided",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            }
+        assert requests.get(url + "/models", timeout=5).status_code == 401
+        good = {"Authorization": "Bearer sk-dev"}
+        resp = requests.post(url + "/chat/completions", json=body, headers=good, timeout=5)
+        assert resp.status_code == 200
+        assert resp.json()["choices"][0]["message"]["content"] == "You said: hi"
+        assert requests.get(url + "/models", headers=good, timeout=5).status_code == 200
+        # the Ollama side ignores the key
+        assert requests.get(keyed.url + "/api/tags", timeout=5).status_code == 200

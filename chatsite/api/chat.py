@@ -5,7 +5,7 @@ from functools import partial
 from flask import Blueprint, current_app
 
 from ..errors import ApiError
-from ..llm.payloads import chat_payload
+from ..llm.protocols.base import ChatRequest
 from ..site import Site, current_site
 from ..storage.chats import ensure_room, find_chat, save_chat
 from ..storage.database import database_connection
@@ -13,7 +13,7 @@ from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..tools import ToolContext
-from .admission import choose_model, lock_user, start_reply
+from .admission import check_options, choose_model, lock_user, start_reply
 from .body import authenticated, user_record
 from .schemas import ChatSchema
 
@@ -79,15 +79,15 @@ def chat():
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)
     tools = tool_runner(site, user_id, capabilities)
-    payload = chat_payload(
+    request = ChatRequest(
         model,
-        data["messages"],
+        list(data["messages"]),
         data.get("system", user.system_prompt),
-        data.get("options"),
+        check_options(site, model, data["options"]),
         site.tools.schemas() if tools is not None else None,
         think,
     )
     user_lease = lock_user(site, user_id)
-    admission = site.pool.admit(model, "/api/chat", payload)
-    reply = ChatReply(admission, user_lease, payload, messages, room, clock, tools, save)
+    admission = site.pool.admit(request)
+    reply = ChatReply(admission, user_lease, request, messages, room, clock, tools, save)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))

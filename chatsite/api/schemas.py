@@ -17,7 +17,6 @@ from marshmallow import (
 )
 
 from .. import defaults
-from ..llm.catalog import normalize_model
 from ..streaming.limits import MAX_TOOL_CALLS
 from .options import OptionRules
 
@@ -61,7 +60,7 @@ DEFAULT_LIMITS = Limits.from_config(vars(defaults))
 
 
 class ModelName(fields.String):
-    """A model name, normalized to carry a tag."""
+    """A model name, as given: the catalog finds it (`echo` is `echo:latest` on Ollama)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
@@ -71,9 +70,6 @@ class ModelName(fields.String):
             ],
             **kwargs,
         )
-
-    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        return normalize_model(super()._deserialize(value, attr, data, **kwargs))
 
 
 class Nickname(fields.String):

@@ -25,6 +25,7 @@ from ..llm.client import InstanceStream
 from ..llm.errors import (
     InstanceError,
     InstanceFailed,
+    InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
     QueueFull,
@@ -38,7 +39,14 @@ log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 QUEUE_UPDATE_SECONDS = 5.0  # a queued line at least this often: it also finds clients gone
-WAIT_ERRORS = (NoInstanceAvailable, QueueFull, UnknownModel, InstanceFailed, InstanceRefused)
+WAIT_ERRORS = (
+    NoInstanceAvailable,
+    QueueFull,
+    UnknownModel,
+    InstanceFailed,
+    InstanceRefused,
+    InstanceMisconfigured,
+)
 
 
 def ndjson_line(payload: dict) -> bytes:
