@@ -207,11 +207,11 @@ def test_a_client_that_leaves_makes_the_server_stop_generating(site, llama):
     assert wait_until(lambda: llama.log().count(DISCONNECTED) > disconnects, SERVER_WAIT), (
         llama.log()[-3000:]
     )
-    readings = [llama.cpu_seconds()]
+    readings: list[float] = []
 
     def steady() -> bool:
         readings.append(llama.cpu_seconds())
-        return readings[-1] == readings[-2]
+        return len(readings) > 1 and readings[-1] == readings[-2]
 
     # Two reads a second apart that are equal: it is idle.
     assert wait_until(steady, timeout=SERVER_WAIT, step=1.0), readings
