@@ -135,7 +135,7 @@ class Bench:
     ) -> None:
         self.args = args
         self.started = time.monotonic()
-        self.budget = float(getattr(args, "budget", 210))
+        self.budget = float(getattr(args, "budget", 170))
         self.skipped: list[str] = []
         self.plan = plan
         self.procs = procs

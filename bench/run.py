@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=210,
+        default=170,
         help="seconds after which repetitions beyond the 2nd are skipped",
     )
     args = parser.parse_args(argv)
