@@ -130,8 +130,12 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """On SIGTERM, let streams run until just before gunicorn's deadline, then end them."""
+    """Fetch the model catalog in the background (no first request waits for it); on SIGTERM,
+    let streams run until just before gunicorn's deadline, then end them."""
+    from chatsite.site import start_background_work
     from chatsite.streaming import drain
+
+    start_background_work(worker.wsgi)
 
     grace = max(worker.cfg.graceful_timeout * 0.8, worker.cfg.graceful_timeout - 10)
     original = worker.handle_exit

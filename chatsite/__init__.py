@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, Response
 
 from . import cli, errors, operations
-from .api import cors
+from .api import body, cors
 from .api.proxies import TrustedProxyFix, parse_trusted
 from .api.routes import BLUEPRINTS
 from .site import build_site
@@ -59,6 +59,7 @@ def create_app(
     cors.init_app(app)
     cli.init_app(app)
     app.extensions["chatsite"] = build_site(app.config)
+    body.init_app(app)  # the request limits
     hops = int(app.config["PROXY_HOPS"])
     if hops:
         trusted = parse_trusted(app.config["FORWARDED_ALLOW_IPS"])

@@ -6,7 +6,6 @@ from typing import Any
 
 import jwt
 
-from .errors import ApiError
 from .ids import canonical_uuid
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,14 @@ VERIFIED_CACHE_SECONDS = 60
 
 class ConfigError(RuntimeError):
     """The sign-in configuration is unsafe or incomplete; the app must not start."""
+
+
+class SignInRefused(Exception):
+    """The token signs nobody in (missing, invalid, expired); the message says why."""
+
+
+class SignInUnavailable(Exception):
+    """The keys that check tokens cannot be fetched now; trying again later may work."""
 
 
 class TokenVerifier:
@@ -74,11 +81,11 @@ class TokenVerifier:
             raise ConfigError("CHATSITE_JWT_PUBLIC_KEY or CHATSITE_JWT_JWKS_URL must be set")
 
     def user_id(self, token: object) -> str:
-        """Return the token's `sub`, or raise a 401 ApiError."""
+        """Return the token's `sub`, or raise SignInRefused."""
         if not isinstance(token, str) or not token:
-            raise ApiError(401, "missing token")
+            raise SignInRefused("missing token")
         if len(token) > MAX_TOKEN_CHARS:
-            raise ApiError(401, "invalid token")
+            raise SignInRefused("invalid token")
         cached = self._verified.get(token)
         now = time.time()
         if cached is not None and now < cached[1]:
@@ -88,19 +95,19 @@ class TokenVerifier:
             # The uuid names the user's chat folder, so only a real uuid is accepted.
             subject = canonical_uuid(claims["sub"])
         except (TypeError, ValueError, AttributeError):
-            raise ApiError(401, "invalid token subject: not a uuid") from None
+            raise SignInRefused("invalid token subject: not a uuid") from None
         try:
             # PyJWT compares an integer `exp` exactly: 10**400 passes it, but no float holds it.
             expires = float(claims["exp"]) + self.leeway
         except (OverflowError, TypeError, ValueError):
-            raise ApiError(401, "invalid token expiry") from None
+            raise SignInRefused("invalid token expiry") from None
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()
         self._verified[token] = (subject, min(expires, now + VERIFIED_CACHE_SECONDS))
         return subject
 
     def _verify(self, token: str) -> dict[str, Any]:
-        """Check signature and claims; raise a 401 ApiError on any failure."""
+        """Check signature and claims; raise SignInRefused (or SignInUnavailable)."""
         try:
             key = self._key
             if self._jwks is not None:
@@ -118,13 +125,13 @@ class TokenVerifier:
                 },
             )
         except jwt.ExpiredSignatureError:
-            raise ApiError(401, "token expired") from None
+            raise SignInRefused("token expired") from None
         except jwt.PyJWKClientConnectionError:
             log.error("the JWKS endpoint is unreachable")
-            raise ApiError(503, "sign-in keys are unavailable, try again shortly") from None
+            raise SignInUnavailable("sign-in keys are unavailable, try again shortly") from None
         except (jwt.PyJWTError, ValueError) as error:
             log.info("rejected token: %s", type(error).__name__)
-            raise ApiError(401, "invalid token") from None
+            raise SignInRefused("invalid token") from None
         return claims
 
     def issue(self, subject: str, expires_in: int = 3600) -> str:

@@ -16,15 +16,15 @@ from .storage.tables import create_tables
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
-    """Create the database tables and add missing columns (safe to run again)."""
+    """Create the database tables, rename old ones, add missing columns (safe to run again)."""
     try:
-        added = create_tables()
+        changes = create_tables()
         with database_connection():
             counted = count_unsized_chats(current_site().transcripts)
     except peewee.DatabaseError as error:
         raise click.ClickException(f"cannot set up the database: {error}") from None
-    for column in added:
-        click.echo(f"added column {column}")
+    for change in changes:
+        click.echo(change)
     if counted:
         click.echo(f"recorded the size of {counted} chats saved before sizes were kept")
     click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")

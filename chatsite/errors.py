@@ -1,6 +1,13 @@
-"""One error shape for the whole API: `{"status": "error", "msg": ...}`."""
+"""One error shape for the whole API, `{"status": "error", "msg": ...}`, and one table.
+
+Domain code raises its own exceptions and knows nothing of HTTP; `DOMAIN_ERRORS` says,
+in this one place, what each one answers: its code, its text, its status and its headers.
+The HTTP edge (`chatsite/api/`) raises `ApiError` for what only it can judge.
+"""
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import peewee
 from flask import Flask, jsonify
@@ -9,15 +16,20 @@ from playhouse.pool import MaxConnectionsExceeded
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
+from .auth import SignInRefused, SignInUnavailable
+from .coordination.base import UserBusy
 from .llm.errors import (
     InstanceFailed,
     InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
+    QueueFull,
     UnknownModel,
 )
+from .site import Site, current_site
 from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound, ChatStorageFull
-from .storage.users import NO_USER_DATA, NoUserData
+from .storage.users import NO_USER_DATA, NoUserData, UserNotSetUp
+from .streaming.reply import ClientGone
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +47,44 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-# The domain's own exceptions, and the HTTP code each one means for the client.
-DOMAIN_ERRORS: dict[type[Exception], tuple[int, str | None]] = {
-    NoInstanceAvailable: (504, None),
-    UnknownModel: (400, None),
-    InstanceRefused: (400, None),
-    InstanceFailed: (500, None),
-    InstanceMisconfigured: (502, None),
-    ChatNotFound: (404, "chat not found"),
-    ChatLimitReached: (400, None),
-    ChatStorageFull: (400, None),
-    ChatNotCreated: (500, None),
-    NoUserData: (500, NO_USER_DATA),
+@dataclass(frozen=True)
+class Answer:
+    """What the client gets for a domain error; `msg` None: the error's own text."""
+
+    code: int
+    msg: str | None = None
+    status: str = "error"
+    headers: Callable[[Site], dict[str, str]] | None = None  # from the running site
+
+    def response(self, error: Exception):
+        """The error response for `error`."""
+        headers = self.headers(current_site()) if self.headers else None
+        return error_response(self.code, self.msg or str(error), self.status, headers)
+
+
+def retry_after(seconds: Callable[[Site], int]) -> Callable[[Site], dict[str, str]]:
+    """A `Retry-After` header whose seconds come from the site's configuration."""
+    return lambda site: {"Retry-After": str(seconds(site))}
+
+
+# The domain's own exceptions, and what each one means for the client.
+DOMAIN_ERRORS: dict[type[Exception], Answer] = {
+    SignInRefused: Answer(401),
+    SignInUnavailable: Answer(503),
+    UserBusy: Answer(429, headers=retry_after(lambda site: site.retry_after)),
+    QueueFull: Answer(503, headers=retry_after(lambda site: site.queue_retry_after)),
+    ClientGone: Answer(499, "client closed the request"),
+    NoInstanceAvailable: Answer(504),
+    UnknownModel: Answer(400),
+    InstanceRefused: Answer(400),
+    InstanceFailed: Answer(500),
+    InstanceMisconfigured: Answer(502),  # a chat server refused chatsite's own key
+    ChatNotFound: Answer(404, "chat not found"),
+    ChatLimitReached: Answer(400),
+    ChatStorageFull: Answer(400),
+    ChatNotCreated: Answer(500),
+    NoUserData: Answer(500, NO_USER_DATA),  # reading or changing settings
+    UserNotSetUp: Answer(400, NO_USER_DATA, status="nodata"),  # creating or generating
 }
 
 
@@ -83,8 +121,7 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(error.code, error.msg, error.status, error.headers)
 
     def handle_domain_error(error: Exception):
-        code, msg = DOMAIN_ERRORS[type(error)]
-        return error_response(code, msg or str(error))
+        return DOMAIN_ERRORS[type(error)].response(error)
 
     for domain_error in DOMAIN_ERRORS:
         app.register_error_handler(domain_error, handle_domain_error)

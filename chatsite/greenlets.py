@@ -1,8 +1,11 @@
 """Whether gevent runs this process: streams and tools behave differently under it."""
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from gevent import getcurrent, monkey
+from gevent import get_hub, getcurrent, monkey
+
+T = TypeVar("T")
 
 
 def gevent_active() -> bool:
@@ -13,3 +16,14 @@ def gevent_active() -> bool:
 def current_greenlet() -> Any:
     """The greenlet running the caller under gevent, else None."""
     return getcurrent() if gevent_active() else None
+
+
+def off_the_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call (an fsync) without holding up the worker's other greenlets.
+
+    Under gevent it runs in the hub's thread pool while this greenlet waits; elsewhere
+    (the Flask dev server's threads) each request has its own thread: it runs here.
+    """
+    if gevent_active():
+        return get_hub().threadpool.apply(function, args)
+    return function(*args)

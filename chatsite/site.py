@@ -1,12 +1,10 @@
 """The app's long-lived services, typed and built in one place from the configuration."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
-from marshmallow import Schema
+from flask import Flask, current_app
 
-from .api.schemas import Limits
 from .auth import TokenVerifier
 from .coordination import Coordinator, make_coordinator
 from .llm.catalog import ModelCatalog
@@ -21,7 +19,6 @@ class Site:
     """What the endpoints need, so that views stay thin. Defaults live in `defaults.py`."""
 
     tokens: TokenVerifier
-    limits: Limits
     transcripts: TranscriptStore
     catalog: ModelCatalog
     pool: InstancePool
@@ -36,24 +33,20 @@ class Site:
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
-    _schemas: dict[type, Schema] = field(default_factory=dict)
-
-    def schema(self, schema_class: type[Schema]) -> Schema:
-        """Return one shared instance per schema: loading keeps no state on it."""
-        instance = self._schemas.get(schema_class)
-        if instance is None:
-            instance = self._schemas[schema_class] = schema_class(limits=self.limits)
-        return instance
 
 
 def build_site(config: dict[str, Any]) -> Site:
     """Build the long-lived services; raise on an unsafe or invalid configuration."""
     cooldown = float(config["INSTANCE_COOLDOWN"])
-    catalog = ModelCatalog(build_instances(config), float(config["MODELS_CACHE_SECONDS"]), cooldown)
+    catalog = ModelCatalog(
+        build_instances(config),
+        float(config["MODELS_CACHE_SECONDS"]),
+        cooldown,
+        first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
+    )
     coordinator = make_coordinator(config)
     return Site(
         tokens=TokenVerifier(config),
-        limits=Limits.from_config(config),
         transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
         catalog=catalog,
         coordinator=coordinator,
@@ -75,6 +68,12 @@ def build_site(config: dict[str, Any]) -> Site:
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),
     )
+
+
+def start_background_work(app: Flask) -> None:
+    """Start what a worker runs beside its requests (the catalog's refresher) as it begins
+    serving: gunicorn's post_worker_init. Elsewhere the first request starts it."""
+    app.extensions["chatsite"].catalog.start()
 
 
 def current_site() -> Site:

@@ -13,7 +13,15 @@ import redis
 from playhouse.db_url import connect as connect_url
 
 from chatsite.dev.instance import DevInstance
-from tests.helpers import KINDS, build_app, instance_entry, new_user, pg_url, sign_token
+from tests.helpers import (
+    KINDS,
+    build_app,
+    instance_entry,
+    new_user,
+    pg_url,
+    sign_token,
+    site_of,
+)
 from tests.servers import Gunicorn, ThreadedServer, need_service, wait_until
 
 PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
@@ -86,12 +94,20 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def make_app(tmp_path, database_url):
-    """Build an app over a temp folder with extra config; its tables created unless told."""
+    """Build an app over a temp folder with extra config; its tables created unless told.
+
+    Each app's catalog refresher (started by its first reader) stops when the test ends: it
+    must not ask the shared dev instance for models during later tests.
+    """
+    built = []
 
     def build(tables=True, **config):
-        return build_app(tmp_path, database_url, tables=tables, **config)
+        built.append(build_app(tmp_path, database_url, tables=tables, **config))
+        return built[-1]
 
-    return build
+    yield build
+    for app in built:
+        site_of(app).catalog.close()
 
 
 @pytest.fixture

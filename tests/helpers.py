@@ -3,6 +3,7 @@
 Plain functions only: fixtures live in conftest.py, real servers in servers.py.
 """
 
+import itertools
 import json
 import re
 import time
@@ -207,6 +208,22 @@ def app_create_chat(post: Callable[..., Any], token: str) -> str:
 
 
 # --- what the servers did -----------------------------------------------------------------
+
+
+def unanswered_tool_calls(contents: list[dict]) -> list[str]:
+    """The names of the tool calls in a chat that no `tool` message answers.
+
+    Chat servers (Ollama, OpenAI-compatible ones) want each assistant message's tool calls
+    followed by one tool result per call, in order, before anything else.
+    """
+    unanswered: list[str] = []
+    for index, message in enumerate(contents):
+        calls = [call["function"]["name"] for call in message.get("tool_calls", [])]
+        following = itertools.takewhile(lambda m: m["role"] == "tool", contents[index + 1 :])
+        answers = [result.get("tool_name") for result in following][: len(calls)]
+        answers += [None] * (len(calls) - len(answers))
+        unanswered += [name for name, answer in zip(calls, answers, strict=True) if name != answer]
+    return unanswered
 
 
 def site_of(app: Flask) -> Site:

@@ -11,7 +11,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import Stream, echo_body, site_env, slow_body, stream
+from chatsite.dev.instance import MODELS
+from tests.helpers import Stream, chat_body, echo_body, site_env, slow_body, stream
 from tests.servers import ROOT, Nginx, free_port, need_service, nginx_binary, wait_until
 from tests.test_production import nginx_site, sessions_on_workers
 
@@ -42,6 +43,43 @@ def value(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+PER_MODEL = [
+    ("chatsite_streams_active", {}),
+    ("chatsite_queue_waiting", {}),
+    ("chatsite_stream_chunks_total", {"kind": "thinking"}),
+    ("chatsite_stream_chunks_total", {"kind": "content"}),
+]
+UNLABELLED = [
+    "chatsite_first_chunk_seconds_count",
+    "chatsite_queue_wait_seconds_count",
+    "chatsite_stream_seconds_count",
+]
+
+
+def model_series(samples, model):
+    """{(name, other labels): value} of the model's per-model series; absent ones left out."""
+    shown = {}
+    for name, labels in PER_MODEL:
+        key = (name, tuple(sorted({"model": model, **labels}.items())))
+        if key in samples:
+            shown[(name, tuple(labels.items()))] = samples[key]
+    return shown
+
+
+def all_zero(samples, model):
+    """True if every per-model series of `model` is there, at 0."""
+    return model_series(samples, model) == {
+        (name, tuple(labels.items())): 0.0 for name, labels in PER_MODEL
+    }
+
+
+def instance_series(samples, url):
+    return (
+        samples.get(("chatsite_instance_up", (("instance", url),))),
+        samples.get(("chatsite_instance_slots_in_use", (("instance", url),))),
+    )
+
+
 def test_one_process_counts_requests_streams_and_chunks(live, upstream, token_for):
     before = scrape(live.url)
     response = requests.post(f"{live.url}/chat", json=echo_body(token_for()), timeout=10)
@@ -56,7 +94,7 @@ def test_one_process_counts_requests_streams_and_chunks(live, upstream, token_fo
 
     assert grew("chatsite_requests_total", endpoint="/chat", code="200") == 1
     assert grew("chatsite_requests_total", endpoint="/settings", code="401") == 1
-    assert grew("chatsite_stream_chunks_total", model="echo:latest") == len(pieces)
+    assert grew("chatsite_stream_chunks_total", model="echo:latest", kind="content") == len(pieces)
     assert grew("chatsite_first_chunk_seconds_count") == 1
     assert grew("chatsite_stream_seconds_count") == 1
     assert grew("chatsite_queue_wait_seconds_count") == 1
@@ -125,7 +163,8 @@ def test_gunicorn_workers_sum_counters_and_gauges(tmp_path, launch, upstream, to
         assert value(samples, "chatsite_queue_wait_seconds_bucket", le="+Inf") >= 4
         assert value(samples, "chatsite_stream_seconds_count") == 4
         assert value(samples, "chatsite_instance_up", instance=upstream.url) == 1
-        assert value(samples, "chatsite_stream_chunks_total", model="slow:latest") >= 3
+        slow = {"model": "slow:latest", "kind": "content"}
+        assert value(samples, "chatsite_stream_chunks_total", **slow) >= 3
     finally:
         for session in sessions:
             session.close()
@@ -205,3 +244,88 @@ def test_the_dashboard_queries_only_metrics_that_exist(live):
     assert used and used <= names, used - names
     for expected in ("streams_active", "queue_waiting", "first_chunk", "stream_chunks", "up"):
         assert any(expected in name for name in used), expected
+
+
+def test_every_series_is_there_from_the_first_scrape(tmp_path, launch, upstream, token_for):
+    """Before any traffic, every model of the catalog and every configured instance has its
+    series (0: "nobody waits", not "not exported"); thinking is counted apart from the reply;
+    a model that leaves the catalog loses its series."""
+    down = f"http://127.0.0.1:{free_port()}"
+    token = token_for()
+    env = site_env(tmp_path, [upstream.url, down], MODELS_CACHE_SECONDS=0.5)
+    server = launch(env, token, workers=2)
+    samples = scrape(server.url)
+    for model in MODELS:
+        assert all_zero(samples, model), (model, model_series(samples, model))
+    assert instance_series(samples, upstream.url) == (1, 0)
+    assert instance_series(samples, down) == (0, 0)
+    for name in UNLABELLED:
+        assert samples[(name, ())] == 0
+
+    response, lines = stream(server.url, "/chat", chat_body(token, model="thinker"))
+    assert response.status_code == 200 and lines[-1]["done"] is True
+    thinking = sum(1 for line in lines if line.get("thinking"))
+    content = sum(1 for line in lines if line.get("msg"))
+    assert thinking and content
+
+    def thinker():
+        return model_series(scrape(server.url), "thinker:latest")
+
+    expected = {
+        ("chatsite_streams_active", ()): 0.0,
+        ("chatsite_queue_waiting", ()): 0.0,
+        ("chatsite_stream_chunks_total", (("kind", "thinking"),)): thinking,
+        ("chatsite_stream_chunks_total", (("kind", "content"),)): content,
+    }
+    assert wait_until(lambda: thinker() == expected), thinker()
+
+    # The instance now serves `echo` only: the other models' series go at the next refresh
+    # (each worker's own: a scrape answered by one that has not refreshed yet shows them).
+    upstream.misbehave(tags={"models": [MODELS["echo:latest"].tag()]})
+
+    def echo_only():
+        samples = scrape(server.url)
+        others = [model for model in MODELS if model_series(samples, model)]
+        return others == ["echo:latest"] and all_zero(samples, "echo:latest")
+
+    assert wait_until(echo_only), model_series(scrape(server.url), "thinker:latest")
+
+
+def test_two_hosts_on_redis_each_report_their_own(
+    tmp_path, launch, upstream, token_for, redis_prefix
+):
+    """Coordination through Redis: each host's /metrics shows its own streams and counts,
+    and the instance's slots as the whole cluster uses them."""
+    redis_url, prefix = redis_prefix
+    instances = [{"url": upstream.url, "max_concurrent": 2}]
+    shared = {"REDIS_URL": redis_url, "REDIS_PREFIX": prefix}
+    token = token_for()
+    a = launch(site_env(tmp_path / "a", instances, **shared), token)
+    b = launch(site_env(tmp_path / "b", instances, **shared), token)
+    for host in (a, b):
+        samples = scrape(host.url)
+        assert all(all_zero(samples, model) for model in MODELS)
+        assert instance_series(samples, upstream.url) == (1, 0)
+
+    def view(host):
+        samples = scrape(host.url)
+        return (
+            value(samples, "chatsite_streams_active", model="slow:latest"),
+            instance_series(samples, upstream.url)[1],
+        )
+
+    relaying = Stream(a.url, slow_body(token))
+    try:
+        assert wait_until(lambda: view(a) == (1, 1)), view(a)
+        assert view(b) == (0, 1)  # B relays nothing; the slot A holds is the cluster's
+        assert model_series(scrape(b.url), "slow:latest")  # 0, but there
+    finally:
+        relaying.close()
+    assert wait_until(lambda: view(a) == (0, 0)), view(a)
+
+    def chunks(host):
+        samples = scrape(host.url)
+        return value(samples, "chatsite_stream_chunks_total", model="slow:latest", kind="content")
+
+    assert wait_until(lambda: chunks(a) >= 1), chunks(a)
+    assert all_zero(scrape(b.url), "slow:latest")

@@ -14,7 +14,7 @@ from marshmallow import Schema
 from openapi_spec_validator import validate
 
 from chatsite.api import responses
-from chatsite.operations.openapi import UNDESCRIBED, openapi_path
+from chatsite.api.description import UNDESCRIBED, openapi_path
 from tests.servers import ROOT
 
 API_DOC = ROOT / "docs" / "API.md"

@@ -486,6 +486,46 @@ def test_a_locked_sqlite_database_never_stops_other_streams(tmp_path, launch, up
     flowing.close()
 
 
+def test_a_slow_chat_file_fsync_never_stops_other_streams(tmp_path, launch, upstream, token_for):
+    """A save waits for a slow disk's fsync while another stream of the worker flows.
+
+    The test hook (CHATSITE_TEST_FSYNC_GATE) makes every chat file fsync block its thread
+    until the gate file exists, as a slow disk does. The fsync runs in gevent's thread
+    pool: only the save waits. (Run on the event loop, it froze every greenlet.)
+    """
+    streamer, saver = token_for(), token_for()
+    gate = tmp_path / "fsync-gate"
+    gate.touch()  # open while the chat is created
+    env = site_env(tmp_path, [{"url": upstream.url, "max_concurrent": 4}])
+    server = launch({**env, "CHATSITE_TEST_FSYNC_GATE": str(gate)}, streamer)
+    chat_id = create_chat(server.url, saver)
+    gate.unlink()
+    flowing = Stream(server.url, slow_body(streamer, delay=0.05, repeat=100))  # 20 s of lines
+    saved: dict = {}
+    try:
+        saving = threading.Thread(
+            target=lambda: saved.update(
+                result=stream(server.url, "/chat", echo_body(saver, chatfile=chat_id))
+            )
+        )
+        saving.start()
+        # The saver's reply is being saved: its fsync is held at the gate...
+        assert wait_until(lambda: gate.with_name("fsync-gate.waiting").exists(), timeout=10)
+        # ...while the other stream of the same worker goes on delivering lines.
+        during = [next(flowing.lines) for _ in range(20)]
+        assert all(line["status"] == "ok" and line["done"] is False for line in during)
+        assert "result" not in saved, saved  # still waiting for the disk, not failed
+    finally:
+        gate.touch()
+    saving.join(30)
+    response, lines = saved["result"]
+    assert response.status_code == 200
+    assert lines[-1]["status"] == "ok" and lines[-1]["done"] is True
+    contents = get_chat(server.url, saver, chat_id)
+    assert [m["content"] for m in contents] == ["hello there", "You said: hello there"]
+    flowing.close()
+
+
 # --- request edges: forwarded addresses, chunked bodies -------------------------------------
 
 

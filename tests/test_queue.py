@@ -5,22 +5,26 @@ sharing Redis) in front of a development chat instance of its own, whose request
 the order in which requests reached the GPU.
 """
 
+import fcntl
 import json
 import os
 import signal
 import threading
+import time
 from functools import partial
 
 import pytest
 import requests
 
 from chatsite.coordination import FileCoordinator, RedisCoordinator
+from chatsite.coordination.base import model_key
 from chatsite.dev.instance import DevInstance
 from tests.helpers import create_chat, get_chat, sessions_on_workers, site_env
-from tests.servers import wait_until
+from tests.servers import ROOT, wait_until
 
 DEV_OPTIONS = {"dev_token_delay": None, "dev_repeat": None}
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available", "done": True}
+API_DOC = ROOT / "docs" / "API.md"
 
 
 @pytest.fixture
@@ -280,6 +284,71 @@ def test_gone_waiters_do_not_hold_up_the_line(tmp_path, instance, launch, token_
     assert lines[-1] == {"status": "ok", "msg": "", "fullMsg": "You said: last", "done": True}
     assert served_order(instance) == ["hello", "last"]
     killed.close()
+
+
+def test_a_stop_past_stop_timeout_is_a_503_as_described(tmp_path, launch, upstream, token_for):
+    """A running tool holds its request past STOP_TIMEOUT: /stop answers 503, as docs/API.md
+    and /openapi.json say. The stop lands once the tool returns: the round's other call is
+    not run, and is saved as interrupted."""
+    token = token_for()
+    env = site_env(
+        tmp_path,
+        [{"url": upstream.url, "max_concurrent": 4}],
+        TOOLS=["tests.tool_examples:wait_for_file"],
+        TOOL_TIMEOUT=60,
+        STOP_TIMEOUT=0.5,
+    )
+    server = launch(env, token)
+    chat_id = create_chat(server.url, token)
+    done = tmp_path / "tool-done"
+    ask = f"call wait_for_file {json.dumps({'path': str(done)})}"
+    message = {"role": "user", "content": f"{ask} {ask}"}
+    chat = {"token": token, "model": "tooler", "messages": [message], "chatfile": chat_id}
+    reader = Reader(server.url, chat)
+    assert reader.next()["tool"] == "wait_for_file"
+    response = requests.post(f"{server.url}/stop", json={"token": token}, timeout=30)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {"status": "error", "msg": "the request did not stop in time"}
+    done.touch()
+    lines = reader.rest()
+    assert lines == [{"status": "ok", "msg": "", "fullMsg": "", "done": True, "stopped": True}]
+    assert stop(server.url, token)[0] == 404
+    results = [m["content"] for m in get_chat(server.url, token, chat_id) if m["role"] == "tool"]
+    assert results == ["the file is there", "interrupted"]
+
+    document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    answer = document["paths"]["/stop"]["post"]["responses"]["503"]
+    assert "STOP_TIMEOUT" in answer["description"]
+    assert "Retry-After" in answer["headers"]
+    section = " ".join(API_DOC.read_text().split("### `POST /stop`")[1].split("###")[0].split())
+    assert "503 `the request did not stop in time`" in section and "`STOP_TIMEOUT`" in section
+
+
+def test_ticket_drafts_left_by_a_crash_are_removed_at_worker_start(
+    tmp_path, instance, launch, token_for
+):
+    """A worker that dies between making a ticket's draft and renaming it into the line
+    leaves the draft behind; the next worker to start removes it, and only it."""
+    line = tmp_path / "locks" / "queue" / model_key("slow:latest")
+    line.mkdir(parents=True)
+    crashed, young, held = (line / f".{name}" for name in ("crashed", "young", "held"))
+    for draft in (crashed, young, held):
+        draft.touch()
+    an_hour_ago = time.time() - 3600
+    for draft in (crashed, held):
+        os.utime(draft, (an_hour_ago, an_hour_ago))
+    holder = os.open(held, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a live process holds it: never removed
+    try:
+        server = launch(host_env(tmp_path, instance), token_for())
+        assert wait_until(lambda: not crashed.exists())
+        assert young.exists() and held.exists()
+        # The line itself works as ever.
+        response = requests.post(f"{server.url}/chat", json=body(token_for()), timeout=10)
+        assert response.status_code == 200 and response.text.endswith('"done":true}\n')
+    finally:
+        os.close(holder)
 
 
 # --- affinity -------------------------------------------------------------------------------

@@ -4,13 +4,23 @@ Tools run in tool processes (`python -m chatsite.tools`), children of the worker
 tests find them in /proc.
 """
 
+import json
 import signal
 from pathlib import Path
 
 import requests
 
 from chatsite.coordination import FileCoordinator
-from tests.helpers import Stream, chat_body, create_chat, get_chat, site_env, user_is_free
+from tests.helpers import (
+    TIMEOUT,
+    Stream,
+    chat_body,
+    create_chat,
+    get_chat,
+    site_env,
+    unanswered_tool_calls,
+    user_is_free,
+)
 from tests.servers import cpu_seconds, wait_until
 
 
@@ -91,7 +101,7 @@ def test_sigterm_during_a_tool_ends_the_stream_and_saves_the_chat(
     server = launch(env, token)
     (worker,) = server.worker_pids()
     chat_id = create_chat(server.url, token)
-    request = 'call slow_tool {"seconds": 30}'
+    request = 'call slow_tool {"seconds": 30} call slow_tool {"seconds": 1}'
     stream = Stream(server.url, tool_body(token, request, chatfile=chat_id))
     assert stream.first["tool"] == "slow_tool"
     sleeping = wait_until(lambda: tool_processes(worker), timeout=10)
@@ -112,3 +122,18 @@ def test_sigterm_during_a_tool_ends_the_stream_and_saves_the_chat(
     assert contents[1]["role"] == "assistant"
     assert contents[1]["tool_calls"][0]["function"]["name"] == "slow_tool"
     assert contents[-1]["incomplete"] is True
+    # Each call has its answer, the one cut short and the one never started alike: the
+    # saved chat is a conversation any chat server takes back.
+    assert [m["role"] for m in contents] == ["user", "assistant", "tool", "tool", "assistant"]
+    for result in contents[2:4]:
+        assert result == {
+            "role": "tool",
+            "content": "interrupted",
+            "tool_name": "slow_tool",
+            "timestamp": result["timestamp"],
+        }
+    assert unanswered_tool_calls(contents) == []
+    sent_back = {"token": token, "model": "echo", "messages": contents}
+    response = requests.post(f"{again.url}/chat", json=sent_back, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.text.splitlines()[-1])["status"] == "ok"

@@ -20,6 +20,18 @@ def slow_tool(context: ToolContext, seconds: float = 2.0) -> str:
     return "woke up"
 
 
+def wait_for_file(context: ToolContext, path: str) -> str:
+    """Run until a file exists (at most 60 s), so a test decides when a tool returns.
+
+    Args:
+        path: The file to wait for.
+    """
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "the file is there"
+
+
 def whoami(context: ToolContext) -> str:
     """Tell the model which user it is talking to."""
     return context.user_id

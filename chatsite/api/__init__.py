@@ -1,1 +1,1 @@
-"""The HTTP edge: one blueprint per endpoint, request parsing, admission, CORS."""
+"""The HTTP edge: one blueprint per endpoint, request parsing, the gate before streaming, CORS."""

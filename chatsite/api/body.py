@@ -3,7 +3,7 @@
 from typing import Any
 
 import orjson
-from flask import request
+from flask import Flask, current_app, request
 from marshmallow import Schema
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -11,7 +11,38 @@ from ..errors import ApiError
 from ..operations import requestlog
 from ..site import current_site
 from ..storage.tables import User
-from ..storage.users import NO_USER_DATA, NoUserData, require_user
+from ..storage.users import NoUserData, UserNotSetUp, require_user
+from .schemas import Limits
+
+EXTENSION = "chatsite.bodies"
+
+
+class BodySchemas:
+    """The app's request limits, and one shared instance per body schema built with them.
+
+    Sharing is safe: loading keeps no state on a schema.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self._schemas: dict[type[Schema], Schema] = {}
+
+    def get(self, schema_class: type[Schema]) -> Schema:
+        """The app's instance of `schema_class`."""
+        instance = self._schemas.get(schema_class)
+        if instance is None:
+            instance = self._schemas[schema_class] = schema_class(limits=self.limits)
+        return instance
+
+
+def init_app(app: Flask) -> None:
+    """Read the request limits from the configuration (raises on invalid ones)."""
+    app.extensions[EXTENSION] = BodySchemas(Limits.from_config(app.config))
+
+
+def body_schemas() -> BodySchemas:
+    """The running app's limits and body schemas."""
+    return current_app.extensions[EXTENSION]
 
 
 def read_body() -> bytes:
@@ -44,21 +75,22 @@ def authenticated(schema: type[Schema]) -> tuple[str, dict[str, Any]]:
     whatever else is wrong.
     """
     body = json_object()
-    site = current_site()
-    user_id = site.tokens.user_id(body.get("token"))
+    user_id = current_site().tokens.user_id(body.get("token"))
     requestlog.note_user(user_id)  # for the request's log line
-    return user_id, site.schema(schema).load(body)
+    return user_id, body_schemas().get(schema).load(body)
 
 
-def user_record(user_id: str, nodata_status: bool = False) -> User:
-    """The user's record, created on first sight when allowed.
+def user_record(user_id: str) -> User:
+    """The user's record, created on first sight when allowed; else NoUserData."""
+    return require_user(user_id, current_site().auto_create_users)
 
-    Without one: `/settings` answers 500, the endpoints that create things 400 with
-    status "nodata" (`nodata_status=True`), as the contract has it.
+
+def user_to_serve(user_id: str) -> User:
+    """The record of a user that an endpoint creates something for; else UserNotSetUp.
+
+    The contract answers the two differently (see `errors.DOMAIN_ERRORS`).
     """
     try:
-        return require_user(user_id, current_site().auto_create_users)
-    except NoUserData:
-        if not nodata_status:
-            raise
-        raise ApiError(400, NO_USER_DATA, status="nodata") from None
+        return user_record(user_id)
+    except NoUserData as error:
+        raise UserNotSetUp(*error.args) from None

@@ -13,8 +13,8 @@ from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
 from ..tools import ToolContext
-from .admission import check_options, choose_model, lock_user, start_reply
-from .body import authenticated, user_record
+from .body import authenticated, body_schemas, user_to_serve
+from .gate import check_options, choose_model, lock_user, start_reply
 from .schemas import ChatSchema
 
 bp = Blueprint("chat", __name__)
@@ -39,14 +39,15 @@ def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner 
     )
 
 
-def reply_room(site: Site, messages: list[dict], saving: bool) -> ReplyRoom:
+def reply_room(messages: list[dict], saving: bool) -> ReplyRoom:
     """What the reply may add; a saved chat must stay one that /chat accepts (else 400)."""
+    limits = body_schemas().limits
     if not saving:
-        return ReplyRoom(site.limits.message_chars)
+        return ReplyRoom(limits.message_chars)
     body_limit = current_app.config.get("MAX_CONTENT_LENGTH")
     max_bytes = body_budget(int(body_limit)) if body_limit else None
     try:
-        return ReplyRoom(site.limits.message_chars, site.limits.messages, max_bytes, messages)
+        return ReplyRoom(limits.message_chars, limits.messages, max_bytes, messages)
     except ChatTooLong as error:
         raise ApiError(400, f"messages: {error}; start a new chat") from None
 
@@ -67,7 +68,7 @@ def chat():
     clock = Clock(data["messages"])
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
-    user = user_record(user_id, nodata_status=True)
+    user = user_to_serve(user_id)
     save = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
@@ -75,19 +76,19 @@ def chat():
         # Refused before the GPU works for it; an accepted reply is always saved.
         ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
         save = partial(save_after_stream, site, user_id, chat_id)
-    room = reply_room(site, messages, save is not None)
+    room = reply_room(messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)
-    tools = tool_runner(site, user_id, capabilities)
+    runner = tool_runner(site, user_id, capabilities)
     request = ChatRequest(
         model,
         list(data["messages"]),
         data.get("system", user.system_prompt),
         check_options(site, model, data["options"]),
-        site.tools.schemas() if tools is not None else None,
+        site.tools.schemas() if runner is not None else None,
         think,
     )
     user_lease = lock_user(site, user_id)
     admission = site.pool.admit(request)
-    reply = ChatReply(admission, user_lease, request, messages, room, clock, tools, save)
+    reply = ChatReply(admission, user_lease, request, messages, room, clock, runner, save)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))

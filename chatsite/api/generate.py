@@ -6,8 +6,8 @@ from ..errors import ApiError
 from ..llm.protocols.base import CompletionRequest
 from ..site import current_site
 from ..streaming.completion import GenerateReply
-from .admission import check_options, choose_model, lock_user, start_reply
-from .body import authenticated, user_record
+from .body import authenticated, user_to_serve
+from .gate import check_options, choose_model, lock_user, start_reply
 from .schemas import GenerateSchema
 
 bp = Blueprint("generate", __name__)
@@ -17,7 +17,7 @@ bp = Blueprint("generate", __name__)
 def generate():
     user_id, data = authenticated(GenerateSchema)
     site = current_site()
-    user = user_record(user_id, nodata_status=True)
+    user = user_to_serve(user_id)
     model, capabilities = choose_model(site, data.get("model"), user)
     if "suffix" in data and "insert" not in capabilities:
         raise ApiError(400, f"suffix: model {model!r} does not support fill-in-the-middle")

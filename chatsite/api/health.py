@@ -26,7 +26,7 @@ def database_ok() -> bool:
 @bp.get("/healthz")
 def healthz():
     site = current_site()
-    site.catalog.refresh()
+    site.catalog.ready()
     instances = [
         {
             "index": index,

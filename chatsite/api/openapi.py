@@ -2,7 +2,7 @@
 
 from flask import Blueprint, current_app, jsonify
 
-from ..operations.openapi import description
+from .description import description
 
 bp = Blueprint("openapi", __name__)
 

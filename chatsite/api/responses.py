@@ -72,13 +72,19 @@ class ChatContentsSchema(OkSchema):
     )
 
 
+UNTOLD = {"description": "null when the chat server does not tell (the OpenAI API)."}
+
+
 class ModelSchema(StrictSchema):
-    name = fields.String(required=True, metadata={"description": "Always with a tag."})
-    family = fields.String(required=True)
-    parameter_size = fields.String(required=True)
-    quantization_level = fields.String(required=True)
-    size = fields.Integer(required=True)
-    modified_at = fields.String(required=True)
+    name = fields.String(
+        required=True,
+        metadata={"description": "As the instance lists it: on Ollama always with a tag."},
+    )
+    family = fields.String(required=True, allow_none=True, metadata=UNTOLD)
+    parameter_size = fields.String(required=True, allow_none=True, metadata=UNTOLD)
+    quantization_level = fields.String(required=True, allow_none=True, metadata=UNTOLD)
+    size = fields.Integer(required=True, allow_none=True, metadata=UNTOLD)
+    modified_at = fields.String(required=True, allow_none=True, metadata=UNTOLD)
     capabilities = fields.List(
         fields.String(),
         required=True,

@@ -17,6 +17,7 @@ from marshmallow import (
 )
 
 from .. import defaults
+from ..llm.protocols.base import MAX_MODEL_NAME_CHARS
 from ..streaming.limits import MAX_TOOL_CALLS
 from .options import OptionRules
 
@@ -65,7 +66,7 @@ class ModelName(fields.String):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
             validate=[
-                validate.Length(1, 200),
+                validate.Length(1, MAX_MODEL_NAME_CHARS),
                 validate.Regexp(MODEL_NAME, error="Not a valid model name."),
             ],
             **kwargs,

@@ -8,6 +8,15 @@ from typing import Protocol
 
 from .signals import LocalSignals
 
+USER_BUSY = "a request from this user is already being processed"
+
+
+class UserBusy(Exception):
+    """The user's lock is held by another request: one request per user at a time."""
+
+    def __init__(self) -> None:
+        super().__init__(USER_BUSY)
+
 
 class Lease(Protocol):
     """Something held; `release()` is idempotent."""

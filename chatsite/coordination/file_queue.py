@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 _PROBE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+LOCK_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)  # a non-blocking flock found it taken
 WAKE = b"w"
 STOP = b"s"
+# A ticket's draft lives for a moment (created, locked, renamed): one this old that nobody
+# holds was left by a worker that died in that moment. (Younger, it may not be locked yet.)
+STALE_DRAFT_SECONDS = 60
 
 
 def _locked_fd(path: str) -> int:
@@ -57,7 +60,7 @@ def holder_alive(path: str) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as error:
-        if error.errno in _BUSY:
+        if error.errno in LOCK_HELD:
             return True
         raise
     finally:
@@ -116,6 +119,29 @@ class FileQueue:
         self._mailbox_lock = threading.Lock()
         self._sender: socket.socket | None = None
         self._numbers = itertools.count()
+        self.clean_stray_drafts()
+
+    def clean_stray_drafts(self) -> int:
+        """Remove the ticket drafts that dead workers left in the lines; return how many."""
+        removed = 0
+        cutoff = time.time() - STALE_DRAFT_SECONDS
+        for line in os.listdir(self.root):
+            folder = os.path.join(self.root, line)
+            try:
+                drafts = [name for name in os.listdir(folder) if name.startswith(".")]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in drafts:
+                path = os.path.join(folder, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff and not holder_alive(path):
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        if removed:
+            log.info("removed %d stray ticket drafts", removed)
+        return removed
 
     # -- this worker's mailbox, started on first use (after a fork: one per worker) --
 

@@ -10,7 +10,6 @@ lock it would let two holders lock two different inodes under the same name. The
 waiting requests and stop requests live in `file_queue`.
 """
 
-import errno
 import fcntl
 import logging
 import os
@@ -21,13 +20,12 @@ from collections.abc import Callable
 
 from ..ids import canonical_uuid
 from .base import Lease, instance_key
-from .file_queue import FileQueue, FileTicket, holder_alive
+from .file_queue import LOCK_HELD, FileQueue, FileTicket, holder_alive
 from .signals import LocalSignals
 
 log = logging.getLogger(__name__)
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-_BUSY = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 
 
 class FileLease:
@@ -77,7 +75,7 @@ class FileCoordinator:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
-            if error.errno in _BUSY:
+            if error.errno in LOCK_HELD:
                 return None
             raise
         except BaseException:

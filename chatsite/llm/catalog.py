@@ -1,4 +1,5 @@
-"""Which models the chat instances serve and have loaded, with capabilities, cached briefly."""
+"""Which models the chat instances serve and have loaded, with capabilities, refreshed in the
+background."""
 
 import logging
 import threading
@@ -24,6 +25,7 @@ class Instance:
     protocol: WireProtocol
     cool_until: float = 0.0
     reachable: bool = False
+    refused_key: bool = False  # it answered, refusing chatsite's key (401, 403)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # by model_key
     loaded: set[str] = field(default_factory=set)  # model keys in memory: no load time
 
@@ -56,36 +58,95 @@ def model_key(name: str) -> str:
     return name[:-7] if name.endswith(":latest") else name
 
 
-class ModelCatalog:
-    """The union of the instances' models, refreshed at most every `ttl` seconds."""
+# A MODELS_CACHE_SECONDS of 0 must not make the refresher ask the instances without a pause.
+MIN_REFRESH_SECONDS = 0.5
 
-    def __init__(self, instances: list[Instance], ttl: float, cooldown: float) -> None:
+
+class ModelCatalog:
+    """The union of the instances' models, fetched in the background every `ttl` seconds.
+
+    A refresher (a daemon thread: a greenlet under gevent) asks every instance as soon as
+    the worker starts serving (`start()`, from gunicorn's post_worker_init, or the first
+    reader), then every `ttl` seconds. Readers never wait for a refresh: they see what the
+    last one found, each instance's part as soon as it answered. Only while no fetch has
+    ever ended does a reader wait for the first one, and no longer than `first_wait`
+    seconds after it began (the instances' connect time-out: what a down instance costs).
+    """
+
+    def __init__(
+        self, instances: list[Instance], ttl: float, cooldown: float, first_wait: float = 3.0
+    ) -> None:
         self.instances = instances
         self.ttl = ttl
         self.cooldown = cooldown
-        self._fetched_at = float("-inf")
-        self._lock = threading.Lock()
+        self.first_wait = first_wait
+        self._fetch_lock = threading.Lock()  # one fetch at a time (a new refresher's too)
+        self._start_lock = threading.Lock()
+        self._fetched = threading.Event()  # set once the first fetch has ended
+        self._first_deadline = float("inf")  # set when the first refresher starts
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
-    def refresh(self, force: bool = False) -> None:
-        """Ask every instance for its models when the cache is stale.
+    @property
+    def interval(self) -> float:
+        """Seconds between the end of one fetch and the start of the next."""
+        return max(self.ttl, MIN_REFRESH_SECONDS)
 
-        Only the first caller refreshes; while it does, others keep using the old list
-        (an unreachable instance can take a connect timeout to answer).
-        """
-        if not force and time.monotonic() - self._fetched_at < self.ttl:
-            return
-        have_data = self._fetched_at != float("-inf")
-        if not self._lock.acquire(blocking=force or not have_data):
-            return
-        try:
-            if not force and time.monotonic() - self._fetched_at < self.ttl:
+    def start(self) -> None:
+        """Start the background refresher, or a new one if it died (logged); idempotent."""
+        with self._start_lock:
+            refresher = self._refresher
+            if self._stop.is_set() or (refresher is not None and refresher.is_alive()):
                 return
-            if self.instances:
-                with ThreadPoolExecutor(max_workers=min(8, len(self.instances))) as executor:
-                    list(executor.map(self._refresh_instance, self.instances))
-            self._fetched_at = time.monotonic()
-        finally:
-            self._lock.release()
+            if refresher is not None:
+                log.warning("the model catalog's refresher is gone; starting a new one")
+            if self._first_deadline == float("inf"):
+                self._first_deadline = time.monotonic() + self.first_wait
+            self._refresher = threading.Thread(
+                target=self._refresh_forever, name="chatsite-catalog", daemon=True
+            )
+            self._refresher.start()
+
+    def close(self) -> None:
+        """Stop refreshing (an app done serving), and wait a moment for a fetch under way."""
+        self._stop.set()
+        refresher = self._refresher
+        if refresher is not None and refresher is not threading.current_thread():
+            refresher.join(timeout=self.first_wait + 5)
+
+    def ready(self) -> None:
+        """Make sure the refresher runs; before the first fetch has ended, wait for it.
+
+        Every reader calls this: it costs two checks once the catalog has been fetched.
+        """
+        refresher = self._refresher
+        if refresher is None or not refresher.is_alive():
+            self.start()
+        if not self._fetched.is_set() and not self._stop.is_set():
+            self._fetched.wait(max(0.0, self._first_deadline - time.monotonic()))
+
+    def _refresh_forever(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.fetch()
+                except Exception:  # keep refreshing: the next round may well succeed
+                    log.exception("could not refresh the model catalog")
+                if self._stop.wait(self.interval):
+                    return
+        except BaseException:  # killed (a greenlet), or a bug: the next reader starts another
+            if not self._stop.is_set():
+                log.exception("the model catalog's refresher died")
+
+    def fetch(self) -> None:
+        """Ask every instance for its models now; each one's answer is used as it comes."""
+        with self._fetch_lock:
+            try:
+                if self.instances:
+                    with ThreadPoolExecutor(max_workers=min(8, len(self.instances))) as executor:
+                        list(executor.map(self._refresh_instance, self.instances))
+            finally:
+                self._fetched.set()
 
     def _refresh_instance(self, instance: Instance) -> None:
         try:
@@ -93,7 +154,7 @@ class ModelCatalog:
             for entry in instance.protocol.models(instance.client):
                 models.setdefault(model_key(entry["name"]), entry)
             instance.models = models
-            instance.reachable = True
+            instance.reachable, instance.refused_key = True, False
         except Exception as error:
             if isinstance(error, InstanceError):
                 log.warning("chat instance %s left out: %s", instance.url, error.detail)
@@ -102,6 +163,7 @@ class ModelCatalog:
             instance.models = {}
             instance.loaded = set()
             instance.reachable = False
+            instance.refused_key = getattr(error, "status", None) in (401, 403)
             instance.cool_down(self.cooldown)
             return
         instance.loaded = self._loaded(instance)
@@ -118,7 +180,7 @@ class ModelCatalog:
 
     def models(self) -> list[dict[str, Any]]:
         """List each served model once, as the first instance serving it describes it."""
-        self.refresh()
+        self.ready()
         union: dict[str, dict[str, Any]] = {}
         for instance in self.instances:
             for key, model in instance.models.items():
@@ -127,7 +189,7 @@ class ModelCatalog:
 
     def resolve(self, requested: str) -> str | None:
         """The model's name as the first instance serving it lists it; None if none does."""
-        self.refresh()
+        self.ready()
         key = model_key(requested)
         for instance in self.instances:
             if key in instance.models:
@@ -136,21 +198,25 @@ class ModelCatalog:
 
     def reachable(self) -> bool:
         """Tell whether any instance answered the last refresh."""
-        self.refresh()
+        self.ready()
         return any(instance.reachable for instance in self.instances)
 
     def capabilities(self, model: str) -> set[str] | None:
         """Return the model's capabilities, or None if no instance serves it."""
-        self.refresh()
+        self.ready()
         key = model_key(model)
         for instance in self.instances:
             if key in instance.models:
                 return set(instance.models[key]["capabilities"])
         return None
 
+    def key_refused(self) -> bool:
+        """Tell whether an instance refused chatsite's key at the last refresh."""
+        return any(instance.refused_key for instance in self.instances)
+
     def instances_for(self, model: str) -> list[Instance]:
         """List the instances that serve the model."""
-        self.refresh()
+        self.ready()
         key = model_key(model)
         return [instance for instance in self.instances if key in instance.models]
 

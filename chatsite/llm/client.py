@@ -207,10 +207,9 @@ class InstanceStream:
                 watchdog.stop()
         if self.cancelled:
             raise InstanceError(STOPPED)  # a close from another greenlet can look like an end
-        if sse and buffer.startswith(b"data:"):
-            buffer = buffer[5:]
-        elif sse:
-            buffer = b""
+        if sse:  # the last line, unended: an event's data, or nothing to read
+            data = buffer.startswith(b"data:")
+            buffer = (buffer[6:] if buffer.startswith(b"data: ") else buffer[5:]) if data else b""
         if buffer.strip():
             batch = []
             end = decode(buffer, batch)
@@ -299,7 +298,7 @@ class InstanceClient:
         key = self._api_key
         return text.replace(key, "[api key]") if key and key in text else text
 
-    def _checked(self, response: requests.Response) -> requests.Response:
+    def _succeeded(self, response: requests.Response) -> requests.Response:
         """The response if it is a 200, else InstanceError (the server's words as its detail).
 
         A 5xx or 429 may go better elsewhere; so may a 401 or 403: this instance refuses
@@ -333,7 +332,7 @@ class InstanceClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return self._checked(response)
+        return self._succeeded(response)
 
     def _post_stream(self, path: str, body: bytes) -> requests.Response:
         """POST a JSON body and return the response once its head is in.
@@ -351,7 +350,7 @@ class InstanceClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return self._checked(response)
+        return self._succeeded(response)
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
         """Make a short, non-streamed call (a model list) and return its JSON, unchecked."""

@@ -11,7 +11,7 @@ NO_INSTANCE = "no chat instance available"
 SERVER_ERROR = "chat server error"
 MODEL_NOT_FOUND = "model not found"
 REFUSED = "chat server refused the request"
-BUSY = "chat server busy"
+INSTANCE_BUSY = "chat server busy"
 UNREACHABLE = "chat server unreachable"
 TOO_SLOW = "chat server took too long"
 CONNECTION_FAILED = "chat server connection failed"
@@ -43,7 +43,7 @@ def reason_for_status(status: int) -> str:
     if status in (401, 403):
         return UNAUTHORIZED
     if status == 429:
-        return BUSY
+        return INSTANCE_BUSY
     if 400 <= status < 500:
         return REFUSED
     return SERVER_ERROR

@@ -1,18 +1,18 @@
 """Operations: what an operator and a front-end developer need to see the service.
 
 `metrics` (Prometheus, summed over a host's workers), `requestlog` (a record and a log line
-per request, with its id), `logformat` (plain or JSON lines), `openapi` (the machine-readable
-API description). `init_app` wires the per-request parts into the app.
+per request, with its id), `logformat` (plain or JSON lines). `init_app` wires the
+per-request parts into the app. The API description is the HTTP edge's own
+(`chatsite/api/description.py`).
 """
 
 import logging
 
 from flask import Flask, Response, request
 
+from ..media import NDJSON
 from . import metrics, requestlog
 from .logformat import JsonFormatter, check_format
-
-NDJSON = "application/x-ndjson"
 
 
 def _tag_log_records() -> None:

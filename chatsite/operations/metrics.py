@@ -10,7 +10,8 @@ Nothing here runs per streamed chunk: a stream counts its chunks itself and adds
 when it ends. Counter and gauge changes are batched in the process (`Pending`) and written
 to the shared values once a second. Instance state (slots in use, up or down) is read at
 scrape time from the catalog and the coordinator, which already span the host (files) or
-the cluster (Redis).
+the cluster (Redis). A scrape also gives every model of the catalog its series (`PER_MODEL`)
+from the start, at 0, and drops those of models that left it (see `scrape`).
 """
 
 import atexit
@@ -62,10 +63,11 @@ QUEUE_WAITING = Gauge(
 )
 STREAM_CHUNKS = Counter(
     "chatsite_stream_chunks_total",
-    "Pieces of text relayed to clients (about one per token).",
-    ["model"],
+    "Pieces of text relayed to clients (about one per token), of the reply or its thinking.",
+    ["model", "kind"],
     registry=REGISTRY,
 )
+CHUNK_KINDS = ("thinking", "content")
 FIRST_CHUNK_SECONDS = Histogram(
     "chatsite_first_chunk_seconds",
     "From the request's arrival to the first line of its stream.",
@@ -85,6 +87,14 @@ STREAM_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+
+# The families labelled by model, and the other labels each model's series carry: a scrape
+# shows each of them for every model in the catalog, 0 until something happens.
+PER_MODEL: dict[str, tuple[dict[str, str], ...]] = {
+    "chatsite_streams_active": ({},),
+    "chatsite_queue_waiting": ({},),
+    "chatsite_stream_chunks": tuple({"kind": kind} for kind in CHUNK_KINDS),
+}
 
 FLUSH_SECONDS = 1.0
 
@@ -227,15 +237,18 @@ class StreamWatch:
             since = self._record.started if self._record is not None else self._started
             FIRST_CHUNK_SECONDS.observe(time.monotonic() - since)
 
-    def finished(self, chunks: int, complete: bool) -> None:
-        """The stream ended: add its chunks, time it, and log its request (once)."""
+    def finished(self, chunks: int, complete: bool, thinking: int = 0) -> None:
+        """The stream ended: add its chunks (of the reply, and of its thinking), time it, and
+        log its request (once)."""
         if self._done:
             return
         self._done = True
         if self._relaying_since is not None:
             PENDING.add(labelled(STREAMS_ACTIVE, self._model), -1)
             if chunks:
-                PENDING.add(labelled(STREAM_CHUNKS, self._model), chunks)
+                PENDING.add(labelled(STREAM_CHUNKS, self._model, "content"), chunks)
+            if thinking:
+                PENDING.add(labelled(STREAM_CHUNKS, self._model, "thinking"), thinking)
             STREAM_SECONDS.observe(time.monotonic() - self._relaying_since)
         if self._record is not None:
             self._record.stream_ended(chunks, complete)

@@ -7,13 +7,13 @@ import uuid
 from peewee import fn
 
 from .database import write_transaction
-from .tables import Chat, utcnow
+from .tables import Chat, stored_now
 from .transcripts import TranscriptMissing, TranscriptStore
 
 log = logging.getLogger(__name__)
 
 NEW_CHAT_NAME = "New chat"
-MAX_NAME_CHARS = 60
+MAX_CHAT_NAME_CHARS = 60
 
 
 class ChatNotFound(LookupError):
@@ -97,8 +97,10 @@ def name_from(messages: list[dict]) -> str | None:
     for message in messages:
         if message.get("role") == "user":
             text = " ".join(str(message.get("content", "")).split())
+            if len(text) > MAX_CHAT_NAME_CHARS:
+                return text[: MAX_CHAT_NAME_CHARS - 1] + "…"
             if text:
-                return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "…"
+                return text
     return None
 
 
@@ -112,7 +114,7 @@ def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list
     with store.stage(user_id, chat_id, messages) as staged, write_transaction():
         chat = find_chat(user_id, chat_id)
         changes = {
-            Chat.updated_at: utcnow(),
+            Chat.updated_at: stored_now(),
             Chat.message_count: len(messages),
             Chat.transcript_bytes: staged.size,
         }

@@ -3,17 +3,19 @@
 import datetime
 import logging
 
+import peewee
 from peewee import SQL, CharField, DateTimeField, ForeignKeyField, IntegerField, TextField
 from playhouse.migrate import SchemaMigrator, migrate
 
+from ..clock import utc_now
 from .database import BaseModel, db
 
 log = logging.getLogger(__name__)
 
 
-def utcnow() -> datetime.datetime:
-    """Naive UTC time, the same on every database engine."""
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+def stored_now() -> datetime.datetime:
+    """The clock's time as the tables keep it: naive UTC, the same on every database engine."""
+    return utc_now().replace(tzinfo=None)
 
 
 class User(BaseModel):
@@ -23,8 +25,8 @@ class User(BaseModel):
     nickname = CharField(max_length=32, default="")
     system_prompt = TextField(default="")
     preferred_model = CharField(max_length=200, default="")
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
+    created_at = DateTimeField(default=stored_now)
+    updated_at = DateTimeField(default=stored_now)
 
     class Meta:
         table_name = "users"
@@ -36,8 +38,8 @@ class Chat(BaseModel):
     id = CharField(primary_key=True, max_length=36)
     owner = ForeignKeyField(User, backref="chats", on_delete="CASCADE", column_name="owner_uuid")
     name = CharField(max_length=200)
-    created_at = DateTimeField(default=utcnow)
-    updated_at = DateTimeField(default=utcnow)
+    created_at = DateTimeField(default=stored_now)
+    updated_at = DateTimeField(default=stored_now)
     message_count = IntegerField(default=0)
     # What its transcript takes in the store, counted against MAX_STORAGE_PER_USER. The SQL
     # default lets `init-db` add the column to an older database in place (0: not counted
@@ -45,7 +47,7 @@ class Chat(BaseModel):
     transcript_bytes = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
 
     class Meta:
-        table_name = "chat_files"  # the name it had when every transcript was a file
+        table_name = "chats"  # "chat_files" before transcripts could live in the database
         indexes = ((("owner", "updated_at"), False),)
 
     @classmethod
@@ -69,20 +71,62 @@ class ChatTranscript(BaseModel):
 
 
 ALL_TABLES = [User, Chat, ChatTranscript]
+# Tables an older database has under another name: (old name, table).
+RENAMED_TABLES = [("chat_files", Chat)]
+
+
+class SchemaConflict(peewee.DatabaseError):
+    """The database holds a table under both its old and its new name."""
 
 
 def create_tables() -> list[str]:
-    """Create every table that is missing and add the columns older databases lack.
+    """Bring the database up to date: rename old tables, create missing ones, add columns.
 
-    Idempotent; returns the columns it added ("table.column").
+    Idempotent; returns what it changed ("renamed table a to b", "added column t.c").
     """
     with db.connection_context():
+        changes = rename_old_tables()
         db.create_tables(ALL_TABLES, safe=True)
-        return add_missing_columns()
+        return changes + [f"added column {column}" for column in add_missing_columns()]
+
+
+def rename_old_tables() -> list[str]:
+    """Give the tables of an older database their current names, in place, keeping rows.
+
+    Indexes keep their names (Peewee names them after the model, not the table); on
+    PostgreSQL the table's own constraints are renamed too, as a new table would name them.
+    """
+    present = set(db.get_tables())
+    migrator = SchemaMigrator.from_database(db)
+    renamed = []
+    for old, table in RENAMED_TABLES:
+        new = table._meta.table_name
+        if old not in present:
+            continue
+        if new in present:
+            raise SchemaConflict(f"both {old} and {new} exist: keep one of them by hand")
+        with db.atomic():
+            migrate(migrator.rename_table(old, new))
+            if isinstance(db.obj, peewee.PostgresqlDatabase):
+                _rename_constraints(new, old)
+        renamed.append(f"renamed table {old} to {new}")
+        log.info("renamed table %s to %s", old, new)
+    return renamed
+
+
+def _rename_constraints(table: str, old_prefix: str) -> None:
+    """PostgreSQL: rename `<old>_pkey` and the like after the table's new name."""
+    names = db.execute_sql(
+        "SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass", (table,)
+    ).fetchall()
+    for (name,) in names:
+        if name.startswith(f"{old_prefix}_"):
+            new_name = table + name[len(old_prefix) :]
+            db.execute_sql(f'ALTER TABLE "{table}" RENAME CONSTRAINT "{name}" TO "{new_name}"')
 
 
 def add_missing_columns() -> list[str]:
-    """Add, in place, every column a table of an older database lacks."""
+    """Add, in place, every column a table of an older database lacks ("table.column")."""
     migrator = SchemaMigrator.from_database(db)
     added = []
     for table in ALL_TABLES:

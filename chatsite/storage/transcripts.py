@@ -6,14 +6,16 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from gevent import monkey
 from peewee import fn
 
+from ..greenlets import off_the_loop
 from ..ids import canonical_uuid
 from .tables import ChatTranscript
 
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 60
+# Tests only: the path of a file that every chat file fsync waits for (see `gated_fsync`).
+FSYNC_GATE_VARIABLE = "CHATSITE_TEST_FSYNC_GATE"
 
 
 class TranscriptMissing(LookupError):
@@ -74,9 +78,18 @@ class StagedWrites:
         return staged.size
 
 
+def encode_for_file(messages: list[dict]) -> bytes:
+    """A transcript as the file store writes it: UTF-8 JSON."""
+    return json.dumps(messages, ensure_ascii=False).encode()
+
+
 def transcript_size(messages: list[dict]) -> int:
-    """About how many bytes a transcript of these messages takes (UTF-8 JSON)."""
-    return len(json.dumps(messages, ensure_ascii=False).encode())
+    """About how many bytes a store keeps for these messages (the file store's exactly).
+
+    What counts against MAX_STORAGE_PER_USER; the body limit has its own measure
+    (`streaming.limits.body_size`).
+    """
+    return len(encode_for_file(messages))
 
 
 @dataclass
@@ -97,12 +110,35 @@ class StagedFile:
         self.committed = True
 
 
-class FileTranscriptStore(StagedWrites):
-    """Chats as `<root>/<user uuid>/<chat uuid>.json`, written atomically."""
+def gated_fsync(gate: Path) -> Callable[[int], None]:
+    """Tests only: an fsync that blocks its thread, as a slow disk does, until `gate` exists.
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    It creates `<gate>.waiting` first, so a test knows a save is held there. The wait is a
+    real blocking sleep (never gevent's), so it holds up whatever thread runs the fsync.
+    """
+    sleep = monkey.get_original("time", "sleep")
+    waiting = gate.with_name(gate.name + ".waiting")
+
+    def fsync(fd: int) -> None:
+        waiting.touch()
+        while not gate.exists():
+            sleep(0.01)
+        os.fsync(fd)
+
+    return fsync
+
+
+class FileTranscriptStore(StagedWrites):
+    """Chats as `<root>/<user uuid>/<chat uuid>.json`, written atomically.
+
+    Writing and fsync run off the event loop (`off_the_loop`): a slow disk holds up the
+    save that waits for it, never the worker's other streams.
+    """
+
+    def __init__(self, root: str | os.PathLike, fsync: Callable[[int], None] = os.fsync) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._fsync = fsync
 
     def path(self, user_id: str, chat_id: str) -> Path:
         """Return the chat's file path, guaranteed to be inside the root."""
@@ -118,19 +154,23 @@ class FileTranscriptStore(StagedWrites):
         """Write the file beside its place and fsync it; after a commit, sync the folder."""
         path = self.path(user_id, chat_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps(messages, ensure_ascii=False).encode()
+        data = encode_for_file(messages)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
         staged = StagedFile(path, Path(temp), len(data), new)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            off_the_loop(self._write_synced, fd, data)
             yield staged
         finally:
             if not staged.committed:
                 staged.temp.unlink(missing_ok=True)
-        self._sync_folder(path.parent)  # the rename survives a crash from here on
+        off_the_loop(self._sync_folder, path.parent)  # the rename survives a crash from here on
+
+    def _write_synced(self, fd: int, data: bytes) -> None:
+        """Write `data` to the open file and fsync it (a blocking call: off the loop)."""
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            self._fsync(handle.fileno())
 
     def read(self, user_id: str, chat_id: str) -> list[dict]:
         """Return the chat's messages."""
@@ -166,11 +206,10 @@ class FileTranscriptStore(StagedWrites):
             log.info("removed %d stray temp chat files", removed)
         return removed
 
-    @staticmethod
-    def _sync_folder(folder: Path) -> None:
+    def _sync_folder(self, folder: Path) -> None:
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
+            self._fsync(dir_fd)
         finally:
             os.close(dir_fd)
 
@@ -237,7 +276,8 @@ class DatabaseTranscriptStore(StagedWrites):
 def make_transcript_store(kind: str, chat_dir: str) -> TranscriptStore:
     """Build the configured transcript store."""
     if kind == "files":
-        store = FileTranscriptStore(chat_dir)
+        gate = os.environ.get(FSYNC_GATE_VARIABLE)
+        store = FileTranscriptStore(chat_dir, gated_fsync(Path(gate)) if gate else os.fsync)
         store.clean_stray_temp_files()
         return store
     if kind == "database":

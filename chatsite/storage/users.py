@@ -6,7 +6,7 @@ import weakref
 from peewee import Database, IntegrityError
 
 from .database import db, write_transaction
-from .tables import Chat, User, utcnow
+from .tables import Chat, User, stored_now
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ class NoUserData(LookupError):
     """The user has no record, and records are not created automatically."""
 
 
+class UserNotSetUp(NoUserData):
+    """NoUserData for a request that creates something (a chat, a reply).
+
+    The client is told to set the user up first, where reading settings is a server error.
+    """
+
+
 def require_user(user_id: str, create: bool) -> User:
     """Return the user's record, or raise NoUserData."""
     user = find_user(user_id, create)
@@ -79,7 +86,7 @@ def update_prefs(user_id: str, prefs: dict, create: bool) -> User:
     with write_transaction():
         user = require_user(user_id, create)
         if changes:
-            changes[User.updated_at] = utcnow()
+            changes[User.updated_at] = stored_now()
             User.update(changes).where(User.uuid == user_id).execute()
             user = User.get(User.uuid == user_id)
     return user

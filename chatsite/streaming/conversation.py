@@ -1,30 +1,27 @@
 """/chat's stream: relay the reply and its thinking, run tools for the model, save the chat."""
 
-import datetime
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..clock import utc_stamp
 from ..coordination import Lease
 from ..llm.pool import Admission
 from ..llm.protocols.base import TOOL, ChatRequest, ToolCall, ToolCalls
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
 from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
-from .reply import NOT_SAVED, StreamedReply, error_line, ndjson_line
+from .reply import NOT_SAVED, Stopped, StreamedReply, error_line, ndjson_line
 
 log = logging.getLogger(__name__)
 
 TOO_MANY_CALLS = "error: too many tool calls in one round (at most {max_calls}): not run"
-STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `timestamp()` writes
-
-
-def timestamp() -> str:
-    """Now, as ISO 8601 UTC with milliseconds."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+# The saved answer of a call whose tool never answered (a drain, a client gone, a failure):
+# every saved tool call has its result, as Ollama and OpenAI-compatible servers require.
+INTERRUPTED = "interrupted"
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")  # what `utc_stamp()` writes
 
 
 class Clock:
@@ -40,7 +37,7 @@ class Clock:
 
     def now(self) -> str:
         """The later of now and the last stamp given."""
-        self.last = max(timestamp(), self.last)
+        self.last = max(utc_stamp(), self.last)
         return self.last
 
 
@@ -86,7 +83,7 @@ class ChatReply(StreamedReply):
         request_messages: list[dict],
         room: ReplyRoom,
         clock: Clock,
-        tools: ToolRunner | None = None,
+        tool_runner: ToolRunner | None = None,
         save: Callable[[list[dict]], None] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
@@ -94,20 +91,21 @@ class ChatReply(StreamedReply):
         self.request_messages = request_messages  # stamped when the request arrived
         self.room = room
         self.clock = clock
-        self.tools = tools
+        self.tool_runner = tool_runner
         self.save = save
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
         self.content: list[str] = []  # this round's text
         self.thinking: list[str] = []  # this round's thinking
+        self.unanswered: list[str] = []  # tool names of this round's calls still running
 
     def produce(self) -> Iterator[bytes]:
         rounds = 0
         while True:
             calls = yield from self._relay_round()
-            if not calls or self.tools is None:
+            if not calls or self.tool_runner is None:
                 break
             assistant = self._tool_round_message(calls)
-            if rounds >= self.tools.max_rounds:
+            if rounds >= self.tool_runner.max_rounds:
                 yield self._end_with(TOO_MANY_ROUNDS)
                 break
             if not self.room.take_tool_round(assistant, len(calls)):
@@ -164,6 +162,7 @@ class ChatReply(StreamedReply):
         """Keep a piece of the reply (or of its thinking) and make its stream line."""
         if kind == "thinking":
             self.thinking.append(piece)
+            self.thinking_pieces += 1
             return ndjson_line({"status": "ok", "msg": "", "thinking": piece, "done": False})
         self.content.append(piece)
         self.pieces.append(piece)
@@ -185,31 +184,49 @@ class ChatReply(StreamedReply):
         return message
 
     def _run_tools(self, assistant: dict[str, Any], calls: list[ToolCall]) -> Iterator[bytes]:
-        """Run each call, telling the client, and add the results to the conversation."""
+        """Run each call, telling the client, and add the results to the conversation.
+
+        After a /stop no further call is run: the round's calls not yet answered are saved
+        as interrupted.
+        """
         self.request.messages.append(assistant)
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
-        max_calls = self.tools.max_calls
+        self.unanswered = [call.call["function"]["name"] for call in calls]
+        max_calls = self.tool_runner.max_calls
         for index, call in enumerate(calls):
+            if self.stopped:
+                raise Stopped()
             name, arguments = call.call["function"]["name"], call.arguments
             if index < max_calls:
                 yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
-                result = self.tools.registry.run(
-                    name, arguments, self.tools.context, self.tools.timeout
+                result = self.tool_runner.registry.run(
+                    name, arguments, self.tool_runner.context, self.tool_runner.timeout
                 ).content
             else:
                 result = TOO_MANY_CALLS.format(max_calls=max_calls)
-            message = {
-                "role": "tool",
-                "content": self.room.take_tool_result(result),
-                "tool_name": name,
-            }
+            message = self._tool_result(name, result)
             self.request.messages.append(message)
             self.exchange.append({**message, "timestamp": self.clock.now()})
+            self.unanswered.pop(0)
+
+    def _tool_result(self, name: str, content: str) -> dict[str, Any]:
+        """A tool message answering a call, within the room `take_tool_round` kept for it."""
+        return {"role": "tool", "content": self.room.take_tool_result(content), "tool_name": name}
+
+    def _interrupted_results(self) -> list[dict]:
+        """An `interrupted` answer to each call of the round that was cut short."""
+        now = self.clock.now()
+        results = [
+            {**self._tool_result(name, INTERRUPTED), "timestamp": now} for name in self.unanswered
+        ]
+        self.unanswered = []
+        return results
 
     def on_finish(self, complete: bool) -> None:
         if self.save is None:
             return
+        answered = self.exchange + self._interrupted_results()  # stamped before the reply
         reply: dict[str, Any] = {
             "role": "assistant",
             "content": "".join(self.content),
@@ -219,4 +236,4 @@ class ChatReply(StreamedReply):
             reply["thinking"] = "".join(self.thinking)
         if not complete:
             reply["incomplete"] = True
-        self.save(self.request_messages + self.exchange + [reply])
+        self.save(self.request_messages + answered + [reply])

@@ -27,14 +27,18 @@ MIN_REPLY_BYTES = 4096  # a chat with less room than this left for the reply is 
 MESSAGE_OVERHEAD = 160
 
 
-def encoded_size(value: Any) -> int:
-    """Bytes of `value` as compact UTF-8 JSON, as a browser sends it."""
+def body_size(value: Any) -> int:
+    """Bytes of `value` in a request body: compact UTF-8 JSON, as a browser sends it.
+
+    Not what a store keeps (`storage.transcripts.transcript_size`): this one is held to
+    the body limit, that one to the user's storage bound.
+    """
     return len(orjson.dumps(value))
 
 
 def text_size(text: str) -> int:
     """Bytes of a string inside a JSON document (escapes included, quotes not)."""
-    return encoded_size(text) - 2
+    return body_size(text) - 2
 
 
 def prefix_within(text: str, max_chars: int, max_bytes: float) -> str:
@@ -84,7 +88,7 @@ class ReplyRoom:
                 raise ChatTooLong(f"a chat holds at most {max_messages} messages")
         if max_bytes is not None:
             final = MESSAGE_OVERHEAD + max(map(text_size, (LENGTH_NOTE, TOO_MANY_ROUNDS)))
-            self.bytes_left = max_bytes - encoded_size(list(saved)) - final
+            self.bytes_left = max_bytes - body_size(list(saved)) - final
             if self.bytes_left < MIN_REPLY_BYTES:
                 raise ChatTooLong("the chat has reached its size limit")
         self.chars = {"content": 0, "thinking": 0}
@@ -109,7 +113,7 @@ class ReplyRoom:
 
     def take_tool_round(self, assistant: dict, calls: int) -> bool:
         """Make room for a tool round (its message and one result per call), or say no."""
-        needed = MESSAGE_OVERHEAD + encoded_size({**assistant, "content": "", "thinking": ""})
+        needed = MESSAGE_OVERHEAD + body_size({**assistant, "content": "", "thinking": ""})
         needed += calls * self._tool_message_size(assistant)
         if 1 + calls > self.messages_left or needed > self.bytes_left:
             return False

@@ -32,12 +32,12 @@ from ..llm.errors import (
     UnknownModel,
 )
 from ..llm.pool import Admission, Slot
+from ..media import NDJSON
 from ..operations.metrics import StreamWatch
 from . import drain
 
 log = logging.getLogger(__name__)
 
-NDJSON = "application/x-ndjson"
 QUEUE_UPDATE_SECONDS = 5.0  # a queued line at least this often: it also finds clients gone
 WAIT_ERRORS = (
     NoInstanceAvailable,
@@ -84,6 +84,7 @@ class StreamedReply:
         self.slot: Slot | None = None
         self._upstream: InstanceStream | None = None
         self.pieces: list[str] = []
+        self.thinking_pieces = 0  # relayed pieces of thinking (counted, not kept here)
         self.stopped = False
         self.stop_watch: Lease | None = None
         self.client_gone: Callable[[], bool] = lambda: False
@@ -236,7 +237,8 @@ class StreamedReply:
         self._finished = True
         self._relaying = False
         drain.untrack(self)
-        self.watch.finished(len(self.pieces), complete)  # chunks counted per stream, added once
+        # Chunks are counted per stream, and added once.
+        self.watch.finished(len(self.pieces), complete, self.thinking_pieces)
         try:
             # First stop the GPU (a client that left must not keep it generating), then
             # save, and only then free the user: a next request then sees the saved chat.
@@ -256,7 +258,8 @@ class StreamedReply:
         """Give back the place in line, the slot, the stop watch and the user's lock."""
         self._finished = True
         drain.untrack(self)
-        self.watch.finished(len(self.pieces), complete=False)  # once: a no-op after finish()
+        # Once: a no-op after finish().
+        self.watch.finished(len(self.pieces), False, self.thinking_pieces)
         try:
             self.admission.close()
         finally:

@@ -48,7 +48,7 @@ def bind_arguments(spec: ToolSpec, arguments: object) -> dict[str, Any]:
             bound[name] = None
             continue
         try:
-            bound[name] = _checked(value, prop, f'argument "{name}"')
+            bound[name] = _typed(value, prop, f'argument "{name}"')
         except ArgumentError as exc:
             problems.append(str(exc))
     if problems:
@@ -70,7 +70,7 @@ def too_deep(value: object, limit: int = MAX_ARGUMENT_DEPTH) -> bool:
     return False
 
 
-def _checked(value: object, prop: dict[str, Any], label: str) -> Any:
+def _typed(value: object, prop: dict[str, Any], label: str) -> Any:
     """Return the value if it has the schema's type (an int becomes a float for "number")."""
     kind = prop["type"]
     if kind == "string" and isinstance(value, str):
@@ -87,7 +87,7 @@ def _checked(value: object, prop: dict[str, Any], label: str) -> Any:
     elif kind == "boolean" and isinstance(value, bool):
         checked = value
     elif kind == "array" and isinstance(value, list):
-        return [_checked(item, prop["items"], f"{label} item {i}") for i, item in enumerate(value)]
+        return [_typed(item, prop["items"], f"{label} item {i}") for i, item in enumerate(value)]
     else:
         got = _kind(value) if value is None else f"{_kind(value)} ({_shown(value)})"
         raise ArgumentError(f"{label} must be {_expected(prop)}, not {got}")

@@ -106,12 +106,12 @@ def _eval(node: ast.AST) -> Number:
     if isinstance(node, ast.Constant):
         if type(node.value) not in (int, float):
             raise CalculationError(f"unsupported value {node.value!r}: only numbers are allowed")
-        return _checked(node.value)
+        return _bounded(node.value)
     if isinstance(node, ast.Name):
         return _constant(node.id)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd | ast.USub):
         operand = _eval(node.operand)
-        return _checked(-operand if isinstance(node.op, ast.USub) else +operand)
+        return _bounded(-operand if isinstance(node.op, ast.USub) else +operand)
     if isinstance(node, ast.BinOp) and type(node.op) in BINARY_OPERATORS:
         return _binary(node.op, _eval(node.left), _eval(node.right))
     if isinstance(node, ast.Call):
@@ -149,7 +149,7 @@ def _call(node: ast.Call) -> Number:
         raise CalculationError(f"{name}(): division by zero") from None
     except (ValueError, TypeError, OverflowError) as exc:
         raise CalculationError(f"{name}(): {exc}") from None
-    return _checked(result)
+    return _bounded(result)
 
 
 def _binary(op: ast.operator, left: Number, right: Number) -> Number:
@@ -164,7 +164,7 @@ def _binary(op: ast.operator, left: Number, right: Number) -> Number:
         raise CalculationError(f"{symbol}: number too large ({exc})") from None
     except (ValueError, TypeError) as exc:
         raise CalculationError(f"{symbol}: {exc}") from None
-    return _checked(result)
+    return _bounded(result)
 
 
 def _multiply(left: Number, right: Number) -> Number:
@@ -203,7 +203,7 @@ def _refuse_if_wider(bits: int) -> None:
         raise CalculationError(TOO_MANY_DIGITS)
 
 
-def _checked(value: object) -> Number:
+def _bounded(value: object) -> Number:
     """Keep every intermediate result a finite real number of bounded size."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise CalculationError("the result is not a real number")

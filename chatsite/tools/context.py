@@ -4,12 +4,8 @@ import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..clock import utc_now
 from ..storage.transcripts import TranscriptStore
-
-
-def utc_now() -> datetime.datetime:
-    """Aware UTC time; the default clock, replaced by tests that pin the time."""
-    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass(frozen=True)
@@ -18,4 +14,4 @@ class ToolContext:
 
     user_id: str
     transcripts: TranscriptStore
-    now: Callable[[], datetime.datetime] = utc_now
+    now: Callable[[], datetime.datetime] = utc_now  # tests pin the time

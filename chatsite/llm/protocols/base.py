@@ -33,7 +33,8 @@ TOOL = "tool"
 # Appends the pieces of one line to the list; returns the end reason on the last line.
 Decoder = Callable[[bytes, list], str | None]
 
-MAX_NAME_CHARS = 200  # of a tool's name and a call's id, as /chat accepts them again
+MAX_MODEL_NAME_CHARS = 200  # of a model's name, as the instances list it and clients send it
+MAX_TOOL_NAME_CHARS = 200  # of a tool's name and a call's id, as /chat accepts them again
 MAX_ARGUMENT_CHARS = 1024 * 1024  # of one call's arguments, assembled
 MAX_ASSEMBLED_CALLS = 256  # fragments naming more calls than this are a broken answer
 
@@ -151,12 +152,12 @@ class ToolCalls:
             arguments = {}
         call: dict[str, Any] = {
             "function": {
-                "name": assembling.name[:MAX_NAME_CHARS],
+                "name": assembling.name[:MAX_TOOL_NAME_CHARS],
                 "arguments": arguments if isinstance(arguments, dict) else {},
             }
         }
         if assembling.id:
-            call["id"] = assembling.id[:MAX_NAME_CHARS]
+            call["id"] = assembling.id[:MAX_TOOL_NAME_CHARS]
         return ToolCall(call, arguments)
 
 

@@ -11,6 +11,7 @@ from ..client import InstanceClient, read_object
 from ..errors import INVALID_ANSWER, SERVER_ERROR, InstanceError
 from .base import (
     CONTENT,
+    MAX_MODEL_NAME_CHARS,
     THINKING,
     TOOL,
     ChatRequest,
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 # What the model sees of a saved message: no timestamps or local flags such as `incomplete`.
 UPSTREAM_FIELDS = ("role", "content", "tool_calls", "tool_name", "images", "thinking")
-MAX_NAME_CHARS = 200
 
 
 def normalize_model(name: str) -> str:
@@ -41,7 +41,7 @@ def upstream_messages(messages: list[dict], system: str) -> list[dict]:
     return prepared
 
 
-def _checked(value: Any, kind: type, default: Any, what: str) -> Any:
+def _typed(value: Any, kind: type, default: Any, what: str) -> Any:
     """`value` if of `kind` (bools are no numbers), `default` if absent, else nonsense."""
     if value is None:
         return default
@@ -54,23 +54,23 @@ def model_entry(entry: Any) -> dict[str, Any]:
     """Check one model of /api/tags and shape it as /models lists it (capabilities aside)."""
     if not isinstance(entry, dict):
         raise nonsense("tags: a model that is not an object")
-    name = _checked(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
-    if not 0 < len(name) <= MAX_NAME_CHARS or not name.isprintable() or " " in name:
+    name = _typed(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
+    if not 0 < len(name) <= MAX_MODEL_NAME_CHARS or not name.isprintable() or " " in name:
         raise nonsense("tags: a model without a usable name")
-    details = _checked(entry.get("details"), dict, {}, "tags: details")
-    size = _checked(entry.get("size"), int, 0, "tags: size")
+    details = _typed(entry.get("details"), dict, {}, "tags: details")
+    size = _typed(entry.get("size"), int, 0, "tags: size")
     if size < 0:
         raise nonsense("tags: a negative size")
     return {
         "name": normalize_model(name),
-        "family": _checked(details.get("family"), str, "", "tags: family"),
-        "parameter_size": _checked(details.get("parameter_size"), str, "", "tags: parameter size"),
-        "quantization_level": _checked(
+        "family": _typed(details.get("family"), str, "", "tags: family"),
+        "parameter_size": _typed(details.get("parameter_size"), str, "", "tags: parameter size"),
+        "quantization_level": _typed(
             details.get("quantization_level"), str, "", "tags: quantization level"
         ),
         "size": size,
-        "modified_at": _checked(entry.get("modified_at"), str, "", "tags: modified_at"),
-        "digest": _checked(entry.get("digest"), str, "", "tags: digest"),
+        "modified_at": _typed(entry.get("modified_at"), str, "", "tags: modified_at"),
+        "digest": _typed(entry.get("digest"), str, "", "tags: digest"),
     }
 
 
@@ -102,6 +102,7 @@ def _line(line: bytes) -> dict[str, Any]:
 
 
 def _end(data: dict[str, Any]) -> str | None:
+    """The end reason of the last line (the one with `done: true`)."""
     if data.get("done") is not True:
         return None
     reason = data.get("done_reason")
@@ -110,22 +111,30 @@ def _end(data: dict[str, Any]) -> str | None:
 
 def decode_chat(line: bytes, out: list) -> str | None:
     """One /api/chat line: its thinking, text and (whole) tool calls."""
-    data = _line(line)
+    data = read_object(line)
+    if "error" in data:
+        raise InstanceError(SERVER_ERROR, detail=data["error"])
     message = data.get("message")
     if message:
         if not isinstance(message, dict):
             raise InstanceError(INVALID_ANSWER, detail="a message that is not an object")
-        for kind in (THINKING, CONTENT):
-            piece = message.get(kind)
-            if piece:
-                if not isinstance(piece, str):
-                    raise InstanceError(INVALID_ANSWER, detail=f"a {kind} that is not a string")
-                out.append((kind, piece))
+        piece = message.get("thinking")
+        if piece:
+            out.append((THINKING, _text(piece, "thinking")))
+        piece = message.get("content")
+        if piece:
+            out.append((CONTENT, _text(piece, "content")))
         calls = message.get("tool_calls")
         if isinstance(calls, list):
             for call in calls:
                 out.append((TOOL, _whole_call(call)))
-    return _end(data)
+    return _end(data) if data.get("done") is True else None
+
+
+def _text(piece: Any, kind: str) -> str:
+    if not isinstance(piece, str):
+        raise InstanceError(INVALID_ANSWER, detail=f"a {kind} that is not a string")
+    return piece
 
 
 def _whole_call(call: Any) -> tuple[None, str | None, str, object]:

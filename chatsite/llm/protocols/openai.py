@@ -14,6 +14,7 @@ from ..client import InstanceClient, read_object
 from ..errors import ENDED_EARLY, INVALID_ANSWER, SERVER_ERROR, InstanceError
 from .base import (
     CONTENT,
+    MAX_MODEL_NAME_CHARS,
     THINKING,
     TOOL,
     ChatRequest,
@@ -26,7 +27,6 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
-MAX_NAME_CHARS = 200
 # chatsite's option -> the body field that carries it on this wire (top-level fields all:
 # top_k, min_p and repeat_penalty are the extra sampling fields vLLM and llama.cpp take).
 OPTION_FIELDS = {
@@ -204,7 +204,7 @@ def model_ids(answer: Any) -> list[str]:
     ids = []
     for entry in data:
         name = entry.get("id") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_MODEL_NAME_CHARS:
             raise nonsense("models: a model without a usable id")
         if not name.isprintable() or " " in name:
             raise nonsense("models: a model without a usable id")

@@ -1,4 +1,8 @@
-"""Admission to /chat and /generate, decided before streaming: model, user lock, a place."""
+"""The gate before /chat and /generate stream: the model, the user's lock, then admission.
+
+Admission (a place in line, a slot, the upstream stream) is `llm.pool.Admission`'s job;
+this module starts it and turns its outcome into the response.
+"""
 
 import select
 import socket
@@ -8,14 +12,13 @@ from typing import Any
 from flask import Response, request
 
 from ..coordination import Lease
+from ..coordination.base import UserBusy
 from ..errors import ApiError
-from ..llm.errors import NoInstanceAvailable, QueueFull, UnknownModel
+from ..llm.errors import UNAUTHORIZED, InstanceMisconfigured, NoInstanceAvailable, UnknownModel
 from ..site import Site
 from ..storage.database import db
 from ..storage.tables import User
-from ..streaming.reply import ClientGone, StreamedReply, ndjson_response
-
-BUSY = "a request from this user is already being processed"
+from ..streaming.reply import StreamedReply, ndjson_response
 
 
 def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, set[str]]:
@@ -30,6 +33,8 @@ def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, se
     capabilities = None if model is None else site.catalog.capabilities(model)
     if model is None or capabilities is None:
         if not site.catalog.reachable():
+            if site.catalog.key_refused():  # the operator's to mend: say so
+                raise InstanceMisconfigured(UNAUTHORIZED)
             raise NoInstanceAvailable()
         raise UnknownModel(f"model: unknown model {wanted!r}")
     return model, capabilities
@@ -51,10 +56,10 @@ def check_options(site: Site, model: str, options: dict[str, Any]) -> dict[str, 
 
 
 def lock_user(site: Site, user_id: str) -> Lease:
-    """Take the user's lock or answer 429 at once, before any waiting."""
+    """Take the user's lock, or fail at once with UserBusy, before any waiting."""
     lease = site.coordinator.try_lock_user(user_id)
     if lease is None:
-        raise ApiError(429, BUSY, headers={"Retry-After": str(site.retry_after)})
+        raise UserBusy()
     return lease
 
 
@@ -99,14 +104,7 @@ def start_reply(site: Site, reply: StreamedReply, user_id: str, queue_updates: b
             reply.wait_in_stream(steps, position)
         else:
             reply.wait_here(steps)
-    except QueueFull as error:
-        reply.release()
-        retry = {"Retry-After": str(site.queue_retry_after)}
-        raise ApiError(503, str(error), headers=retry) from None
-    except ClientGone:
-        reply.release()
-        raise ApiError(499, "client closed the request") from None
-    except BaseException:
+    except BaseException:  # QueueFull, ClientGone, ...: `errors.DOMAIN_ERRORS` answers
         reply.release()
         raise
     return ndjson_response(reply)

@@ -20,13 +20,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask
 from marshmallow import Schema, fields
 
-from ..api import responses, schemas
-from ..api.options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
+from ..media import NDJSON
+from . import responses, schemas
+from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
 
 UNDESCRIBED = "(not described)"
-NDJSON = "application/x-ndjson"
 
 INTRODUCTION = """\
 The back end of an LLM chat web site. Every API endpoint is a `POST` with a JSON body that
@@ -35,7 +35,12 @@ anything else, so a bad one is a 401 whatever else is wrong. Errors answered bef
 starts are `{"status": "error", "msg": "..."}`. `/chat` and `/generate` stream NDJSON: one
 JSON object per line (each line's schema is given), sent as soon as it exists; an error after
 the stream began is a last line `{"status": "error", "msg": "...", "done": true}`. The
-operations endpoints (`GET`) are for load balancers, monitoring and this page."""
+operations endpoints (`GET`) are for load balancers, monitoring and this page.
+
+The chat instances behind it are of two kinds (`CHAT_INSTANCES`, each entry's `api`):
+`ollama` (Ollama's API) and `openai` (the OpenAI API as vLLM, SGLang and llama.cpp serve
+it, at a URL ending in `/v1`). Both kinds may serve one pool; a client sees the same
+endpoints, lines and saved chats whichever kind answers."""
 
 # Error answers, by status code: (component name, description).
 ERRORS: dict[int, tuple[str, str]] = {
@@ -49,6 +54,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     413: ("TooLarge", "The body is larger than the configured limit (1 MiB by default)."),
     429: ("Busy", "This user already has a /chat or /generate in flight; see Retry-After."),
     500: ("ServerError", "The chat server or the storage failed (no details are given)."),
+    502: ("BadGateway", "A chat server refused chatsite's own credentials: for the operator."),
     503: ("Unavailable", "A back end (database, Redis) is down, or too many requests wait."),
     504: ("NoInstance", "No chat instance serving the model freed up within the wait."),
 }
@@ -68,7 +74,8 @@ class Operation:
     media: str | None = None  # another 200 content type (text/html, text/plain, ...)
     errors: tuple[int, ...] = ()
     example: dict[str, Any] | None = None
-    answers: dict[int, str] = field(default_factory=dict)  # other codes with their own meaning
+    # Codes with a meaning of their own here; one of `errors` keeps the error body.
+    answers: dict[int, str] = field(default_factory=dict)
 
 
 TOKEN = "<a JWT whose sub is the user's uuid>"
@@ -111,7 +118,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("/models", "POST"): Operation(
         "The models the chat instances serve",
         "Each model once, with its capabilities; an instance that is down is left out. "
-        "Cached for MODELS_CACHE_SECONDS.",
+        "Each worker fetches the list in the background, as it starts and then every "
+        "MODELS_CACHE_SECONDS.",
         body=schemas.TokenOnlySchema,
         answer=responses.ModelListSchema,
         errors=BODY_ERRORS,
@@ -123,7 +131,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "the whole text. Every status code is decided before the stream starts.",
         body=schemas.GenerateSchema,
         lines=(responses.GenerateLineSchema, responses.StreamErrorSchema),
-        errors=(*BODY_ERRORS, 429, 500, 504),
+        errors=(*BODY_ERRORS, 429, 500, 502, 504),
         example={"token": TOKEN, "model": "llama3", "prompt": "Once upon a time"},
     ),
     ("/chat", "POST"): Operation(
@@ -133,7 +141,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "user's). The last line carries `fullMsg`, every `msg` of the answer joined.",
         body=schemas.ChatSchema,
         lines=(responses.ChatLineSchema, responses.StreamErrorSchema),
-        errors=(*BODY_ERRORS, 404, 429, 500, 504),
+        errors=(*BODY_ERRORS, 404, 429, 500, 502, 504),
         example={
             "token": TOKEN,
             "model": "llama3",
@@ -147,6 +155,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer=responses.OkSchema,
         errors=(*BODY_ERRORS, 404),
         example={"token": TOKEN},
+        answers={
+            404: "Nothing to stop: this user has no /chat or /generate in flight.",
+            503: "The request did not end within STOP_TIMEOUT seconds (`the request did not "
+            "stop in time`, with Retry-After), or a back end (database, Redis) is down.",
+        },
     ),
     ("/healthz", "GET"): Operation(
         "Database and chat instances, for load balancers",
@@ -158,8 +171,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("/metrics", "GET"): Operation(
         "Prometheus metrics for the whole host",
-        "Prometheus text format, summed over the host's workers. Keep it to internal "
-        "addresses (deploy/nginx.conf).",
+        "Prometheus text format, summed over the host's workers. Every series exists from "
+        "the first scrape (each model of the catalog and each configured instance at 0). "
+        "Keep it to internal addresses (deploy/nginx.conf).",
         tag="operations",
         media="text/plain",
     ),
@@ -205,7 +219,10 @@ def describe_custom_fields(
             "description": "Trimmed; 1 to 32 characters; no control characters.",
         }
     if isinstance(field, schemas.ModelName):
-        return {"description": "A model name; without a tag it means `:latest`, as in Ollama."}
+        return {
+            "description": "A model name as /models lists it; without a tag it also means "
+            "`:latest`, as in Ollama (an OpenAI API model id is taken as it is)."
+        }
     if isinstance(field, fields.Dict) and "maxLength" in ret:
         return {"maxProperties": ret.pop("maxLength")}  # a length check on a dict counts keys
     if field.name == "token" and isinstance(field.parent, schemas.LimitedSchema):
@@ -262,7 +279,11 @@ def _operation(op: Operation, rule_arguments: list[str]) -> dict[str, Any]:
         result["responses"][str(code)] = {"$ref": f"#/components/responses/{ERRORS[code][0]}"}
     for code, text in op.answers.items():
         answer: dict[str, Any] = {"description": text}
-        if op.answer is not None:  # the same body (e.g. /healthz's 503)
+        if code in op.errors:
+            answer["content"] = _json("Error")
+            if code in (429, 503):
+                answer["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+        elif op.answer is not None:  # the same body (e.g. /healthz's 503)
             answer["content"] = _json(op.answer)
         result["responses"][str(code)] = answer
     return result
