@@ -69,7 +69,7 @@ def chat():
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
     user = user_to_serve(user_id)
-    save = None
+    save = chat_id = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
@@ -88,7 +88,7 @@ def chat():
         site.tools.schemas() if runner is not None else None,
         think,
     )
-    user_lease = lock_user(site, user_id)
+    user_lease = lock_user(site, user_id, chat_id)
     admission = site.pool.admit(model, "/api/chat", payload)
     reply = ChatReply(admission, user_lease, payload, messages, room, clock, runner, save)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))
