@@ -7,7 +7,7 @@ from flask import Flask, current_app
 
 from .auth import TokenVerifier
 from .coordination import Coordinator, make_coordinator
-from .llm.catalog import Instance, ModelCatalog, parse_instances
+from .llm.catalog import Instance, ModelCatalog, normalize_model, parse_instances
 from .llm.client import OllamaClient
 from .llm.pool import InstancePool
 from .storage.transcripts import TranscriptStore, make_transcript_store
@@ -30,6 +30,9 @@ class Site:
     auto_create_users: bool
     max_chats: int
     max_storage: int  # bytes of transcripts per user
+    settings_chat_files: int  # chats /settings lists
+    title_model: str | None  # writes chat titles (None: no titles)
+    title_wait: float  # seconds a title waits for a slot before it is dropped
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
@@ -83,6 +86,9 @@ def build_site(config: dict[str, Any]) -> Site:
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),
         max_chats=int(config["MAX_CHATS_PER_USER"]),
         max_storage=int(config["MAX_STORAGE_PER_USER"]),
+        settings_chat_files=int(config["SETTINGS_CHAT_FILES"]),
+        title_model=normalize_model(config["TITLE_MODEL"]) if config["TITLE_MODEL"] else None,
+        title_wait=float(config["TITLE_WAIT"]),
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),
