@@ -11,6 +11,7 @@ from .llm.catalog import Instance, ModelCatalog, normalize_model, parse_instance
 from .llm.client import OllamaClient
 from .llm.pool import InstancePool
 from .storage.transcripts import TranscriptStore, make_transcript_store
+from .titles import TitleWriter
 from .tools import ToolRegistry, registry_from_config
 
 
@@ -31,8 +32,7 @@ class Site:
     max_chats: int
     max_storage: int  # bytes of transcripts per user
     settings_chat_files: int  # chats /settings lists
-    title_model: str | None  # writes chat titles (None: no titles)
-    title_wait: float  # seconds a title waits for a slot before it is dropped
+    titles: TitleWriter | None  # TITLE_MODEL's titles (None: names from first messages)
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
@@ -67,18 +67,24 @@ def build_site(config: dict[str, Any]) -> Site:
         first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
     )
     coordinator = make_coordinator(config)
+    pool = InstancePool(
+        catalog,
+        coordinator,
+        float(config["INSTANCE_WAIT_TIMEOUT"]),
+        cooldown,
+        max_queue=int(config["MAX_QUEUE"]),
+    )
+    titles = None
+    if config["TITLE_MODEL"]:
+        titles = TitleWriter(
+            pool, normalize_model(config["TITLE_MODEL"]), float(config["TITLE_WAIT"])
+        )
     return Site(
         tokens=TokenVerifier(config),
         transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
         catalog=catalog,
         coordinator=coordinator,
-        pool=InstancePool(
-            catalog,
-            coordinator,
-            float(config["INSTANCE_WAIT_TIMEOUT"]),
-            cooldown,
-            max_queue=int(config["MAX_QUEUE"]),
-        ),
+        pool=pool,
         tools=registry_from_config(config),
         tool_timeout=float(config["TOOL_TIMEOUT"]),
         max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
@@ -87,8 +93,7 @@ def build_site(config: dict[str, Any]) -> Site:
         max_chats=int(config["MAX_CHATS_PER_USER"]),
         max_storage=int(config["MAX_STORAGE_PER_USER"]),
         settings_chat_files=int(config["SETTINGS_CHAT_FILES"]),
-        title_model=normalize_model(config["TITLE_MODEL"]) if config["TITLE_MODEL"] else None,
-        title_wait=float(config["TITLE_WAIT"]),
+        titles=titles,
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),

@@ -21,9 +21,12 @@ bp = Blueprint("chat", __name__)
 
 
 def save_after_stream(site: Site, user_id: str, chat_id: str, messages: list[dict]) -> None:
-    """Save the chat with a short-lived connection: none is held while streaming."""
+    """Save the chat with a short-lived connection: none is held while streaming; then,
+    after a first answer, have the title model (if any) title it in the background."""
     with database_connection():
         save_chat(site.transcripts, user_id, chat_id, messages)
+    if site.titles is not None:
+        site.titles.after_save(user_id, chat_id, messages)
 
 
 def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner | None:

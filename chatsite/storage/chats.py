@@ -146,12 +146,20 @@ def rename_chat(user_id: str, chat_id: str, name: str) -> None:
         Chat.update(name=name, named_by="user").where(Chat.id == chat_id).execute()
 
 
-def name_titled(user_id: str, chat_id: str, title: str) -> bool:
-    """Name the chat with a model's title unless the user named it; tell whether it was."""
+def chat_named_by(user_id: str, chat_id: str) -> str | None:
+    """Who named the user's chat ("new", "message", "title", "user"); None: no such chat."""
+    chat = Chat.get_or_none((Chat.id == chat_id) & (Chat.owner == user_id))
+    return None if chat is None else chat.named_by
+
+
+def name_titled(user_id: str, chat_id: str, title: str, replaces: tuple[str, ...]) -> bool:
+    """Name the chat with a model's title if its name is one a title `replaces` (never
+    the user's), in one conditional UPDATE; tell whether it was."""
+    assert "user" not in replaces
     with write_transaction():
         renamed = (
             Chat.update(name=title, named_by="title")
-            .where((Chat.id == chat_id) & (Chat.owner == user_id) & (Chat.named_by != "user"))
+            .where((Chat.id == chat_id) & (Chat.owner == user_id) & Chat.named_by.in_(replaces))
             .execute()
         )
     return bool(renamed)
