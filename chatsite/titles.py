@@ -44,7 +44,7 @@ def first_answer(messages: list[dict]) -> str | None:
 def clean_title(text: str) -> str | None:
     """The model's answer as a chat name: one line, no quotes or invisible characters,
     at most MAX_TITLE_CHARS; None when nothing is left."""
-    kept = "".join(c for c in text if unicodedata.category(c) not in ("Cc", "Cf") or c == "\n")
+    kept = "".join(c for c in text if c.isspace() or unicodedata.category(c) not in ("Cc", "Cf"))
     lines = [line for line in kept.splitlines() if line.strip()]
     title = " ".join(lines[0].split()).strip(QUOTES) if lines else ""
     if len(title) > MAX_TITLE_CHARS:
@@ -75,6 +75,7 @@ class TitleWriter:
         try:
             with database_connection():
                 if chat_named_by(user_id, chat_id) not in RETITLED:
+                    log.info("chat %s keeps its name: no title", chat_id)
                     return
             title = self.ask(text)
             if title is None:
