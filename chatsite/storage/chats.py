@@ -1,8 +1,10 @@
 """Chats: a record per chat plus its transcript in the transcript store, kept in step."""
 
 import contextlib
+import datetime
 import logging
 import uuid
+from dataclasses import dataclass, field
 
 from peewee import fn
 
@@ -52,17 +54,42 @@ def ensure_room(user_id: str, chat_id: str | None, size: int, limit: int) -> Non
         raise ChatStorageFull(limit)
 
 
-def create_chat(store: TranscriptStore, user_id: str, max_chats: int, max_bytes: int) -> str:
-    """Create an empty chat: record and transcript are made together or not at all."""
+@dataclass(frozen=True)
+class ChatSeed:
+    """What a chat starts with: empty and "New chat", or an imported chat's all."""
+
+    name: str = NEW_CHAT_NAME
+    messages: list[dict] = field(default_factory=list)
+    created_at: datetime.datetime | None = None  # naive UTC; None: now
+    updated_at: datetime.datetime | None = None
+
+
+def create_chat(
+    store: TranscriptStore,
+    user_id: str,
+    max_chats: int,
+    max_bytes: int,
+    seed: ChatSeed = ChatSeed(),
+) -> str:
+    """Create a chat: record and transcript are made together or not at all."""
     chat_id = str(uuid.uuid4())
+    now = stored_now()
     try:
         # The transcript is written (and synced) first; the write lock is held only for
         # the checks, the INSERT and a rename.
-        with store.stage(user_id, chat_id, [], new=True) as staged, write_transaction():
+        with store.stage(user_id, chat_id, seed.messages, new=True) as staged, write_transaction():
             if Chat.select().where(Chat.owner == user_id).count() >= max_chats:
                 raise ChatLimitReached(max_chats)
             ensure_room(user_id, None, staged.size, max_bytes)
-            Chat.create(id=chat_id, owner=user_id, name=NEW_CHAT_NAME, transcript_bytes=staged.size)
+            Chat.create(
+                id=chat_id,
+                owner=user_id,
+                name=seed.name,
+                created_at=seed.created_at or now,
+                updated_at=seed.updated_at or seed.created_at or now,
+                message_count=len(seed.messages),
+                transcript_bytes=staged.size,
+            )
             staged.commit()
     except (ChatLimitReached, ChatStorageFull):
         raise
