@@ -7,11 +7,12 @@ from flask import Flask, current_app
 
 from .auth import TokenVerifier
 from .coordination import Coordinator, make_coordinator
-from .llm.catalog import Instance, ModelCatalog, parse_instances
+from .llm.catalog import Instance, ModelCatalog, normalize_model, parse_instances
 from .llm.client import OllamaClient
 from .llm.pool import InstancePool
 from .storage.search_index import IndexedTranscripts
 from .storage.transcripts import TranscriptStore, make_transcript_store
+from .titles import TitleWriter
 from .tools import ToolRegistry, registry_from_config
 
 
@@ -31,6 +32,8 @@ class Site:
     auto_create_users: bool
     max_chats: int
     max_storage: int  # bytes of transcripts per user
+    settings_chat_files: int  # chats /settings lists
+    titles: TitleWriter | None  # TITLE_MODEL's titles (None: names from first messages)
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
@@ -65,6 +68,18 @@ def build_site(config: dict[str, Any]) -> Site:
         first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
     )
     coordinator = make_coordinator(config)
+    pool = InstancePool(
+        catalog,
+        coordinator,
+        float(config["INSTANCE_WAIT_TIMEOUT"]),
+        cooldown,
+        max_queue=int(config["MAX_QUEUE"]),
+    )
+    titles = None
+    if config["TITLE_MODEL"]:
+        titles = TitleWriter(
+            pool, normalize_model(config["TITLE_MODEL"]), float(config["TITLE_WAIT"])
+        )
     return Site(
         tokens=TokenVerifier(config),
         transcripts=IndexedTranscripts(
@@ -72,13 +87,7 @@ def build_site(config: dict[str, Any]) -> Site:
         ),
         catalog=catalog,
         coordinator=coordinator,
-        pool=InstancePool(
-            catalog,
-            coordinator,
-            float(config["INSTANCE_WAIT_TIMEOUT"]),
-            cooldown,
-            max_queue=int(config["MAX_QUEUE"]),
-        ),
+        pool=pool,
         tools=registry_from_config(config),
         tool_timeout=float(config["TOOL_TIMEOUT"]),
         max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
@@ -86,6 +95,8 @@ def build_site(config: dict[str, Any]) -> Site:
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),
         max_chats=int(config["MAX_CHATS_PER_USER"]),
         max_storage=int(config["MAX_STORAGE_PER_USER"]),
+        settings_chat_files=int(config["SETTINGS_CHAT_FILES"]),
+        titles=titles,
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),

@@ -21,9 +21,12 @@ bp = Blueprint("chat", __name__)
 
 
 def save_after_stream(site: Site, user_id: str, chat_id: str, messages: list[dict]) -> None:
-    """Save the chat with a short-lived connection: none is held while streaming."""
+    """Save the chat with a short-lived connection: none is held while streaming; then,
+    after a first answer, have the title model (if any) title it in the background."""
     with database_connection():
         save_chat(site.transcripts, user_id, chat_id, messages)
+    if site.titles is not None:
+        site.titles.after_save(user_id, chat_id, messages)
 
 
 def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner | None:
@@ -69,7 +72,7 @@ def chat():
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
     user = user_to_serve(user_id)
-    save = None
+    save = chat_id = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
@@ -88,7 +91,7 @@ def chat():
         site.tools.schemas() if runner is not None else None,
         think,
     )
-    user_lease = lock_user(site, user_id)
+    user_lease = lock_user(site, user_id, chat_id)
     admission = site.pool.admit(model, "/api/chat", payload)
     reply = ChatReply(admission, user_lease, payload, messages, room, clock, runner, save)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))

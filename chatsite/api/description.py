@@ -109,6 +109,54 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         errors=(*BODY_ERRORS, 404),
         example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11"},
     ),
+    ("/list-chats", "POST"): Operation(
+        "A page of the user's chats, newest update first",
+        "Keyset paging on the last update and the id: give `next` back as `before` for the "
+        "next page (`null`: no more). A chat added or updated while someone pages goes to "
+        "the top and never makes another chat skip or show twice. `generating` marks the "
+        "chat a /chat in flight is writing to.",
+        body=schemas.ListChatsSchema,
+        answer=responses.ChatListSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "limit": 50},
+    ),
+    ("/rename-chat", "POST"): Operation(
+        "Name one of the user's chats",
+        "The name is the user's from then on: a title model never replaces it. A chat that "
+        "does not exist and one of another user are both a 404.",
+        body=schemas.RenameChatSchema,
+        answer=responses.OkSchema,
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11", "name": "Rome"},
+    ),
+    ("/delete-chat", "POST"): Operation(
+        "Delete one of the user's chats",
+        "The chat's record and transcript are gone and no longer count against the storage "
+        "limit. An answer being written to it is stopped first, as /stop does. A chat that "
+        "does not exist and one of another user are both a 404.",
+        body=schemas.ChatIdSchema,
+        answer=responses.OkSchema,
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11"},
+        answers={
+            503: "The answer being written did not stop within STOP_TIMEOUT seconds (nothing "
+            "was deleted; with Retry-After), or a back end (database, Redis) is down.",
+        },
+    ),
+    ("/delete-account", "POST"): Operation(
+        "Delete the account and everything kept about it",
+        "`confirm` must be the user's uuid. Any answer in progress is stopped first; then "
+        "every chat, transcript and the user's record are deleted. A later valid token for "
+        "the same uuid starts a fresh user.",
+        body=schemas.DeleteAccountSchema,
+        answer=responses.OkSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "confirm": "<the user's uuid>"},
+        answers={
+            503: "The answer in progress did not stop within STOP_TIMEOUT seconds (nothing "
+            "was deleted; with Retry-After), or a back end (database, Redis) is down.",
+        },
+    ),
     ("/search-chats", "POST"): Operation(
         "Find the user's chats by the words in their names and messages",
         "Every word of `q` must be in the chat (its name or its messages' text); case, "
@@ -255,12 +303,15 @@ def describe_custom_fields(
     self: Any, field: fields.Field, ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
     """What apispec cannot read from a custom field's own checks."""
-    if isinstance(field, schemas.Nickname):
+    if isinstance(field, schemas.ShownName):
         return {
             "minLength": 1,
-            "maxLength": 32,
-            "description": "Trimmed; 1 to 32 characters; no control characters.",
+            "maxLength": field.max_chars,
+            "description": f"Trimmed; 1 to {field.max_chars} characters; no control or "
+            "invisible formatting characters (Unicode Cc, Cf).",
         }
+    if isinstance(field, schemas.Cursor):
+        return {"description": "The `next` of the page before, as it came (opaque)."}
     if isinstance(field, schemas.ModelName):
         return {"description": "A model name; without a tag it means `:latest`, as in Ollama."}
     if isinstance(field, fields.Dict) and "maxLength" in ret:

@@ -34,9 +34,12 @@ def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, se
     return model, capabilities
 
 
-def lock_user(site: Site, user_id: str) -> Lease:
-    """Take the user's lock, or fail at once with UserBusy, before any waiting."""
-    lease = site.coordinator.try_lock_user(user_id)
+def lock_user(site: Site, user_id: str, chat_id: str | None = None) -> Lease:
+    """Take the user's lock, or fail at once with UserBusy, before any waiting.
+
+    `chat_id`, the chat the request writes, is "generating" while the lock is held.
+    """
+    lease = site.coordinator.try_lock_user(user_id, chat_id)
     if lease is None:
         raise UserBusy()
     return lease

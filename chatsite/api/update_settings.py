@@ -4,9 +4,10 @@ from flask import Blueprint
 
 from ..errors import ApiError
 from ..site import current_site
-from ..storage.users import update_prefs, user_prefs
+from ..storage.users import update_prefs
 from .body import authenticated
 from .schemas import UpdateSettingsSchema
+from .settings import prefs_answer
 
 bp = Blueprint("update_settings", __name__)
 
@@ -19,4 +20,4 @@ def update_settings():
     if model and site.catalog.capabilities(model) is None and site.catalog.reachable():
         raise ApiError(400, f"prefs.site_prefs.model: unknown model {model!r}")
     user = update_prefs(user_id, data["prefs"], site.auto_create_users)
-    return {"status": "ok", "msg": "settings updated", "userprefs": user_prefs(user)}
+    return {"status": "ok", "msg": "settings updated", "userprefs": prefs_answer(user)}

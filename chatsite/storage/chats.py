@@ -1,15 +1,25 @@
-"""Chats: a record per chat plus its transcript in the transcript store, kept in step."""
+"""Chats: a record per chat plus its transcript in the transcript store, kept in step.
 
+The record is the chat's existence: it is written last when a chat is made and removed
+first when it is deleted, so a crash in between leaves at most a transcript nobody lists
+(`flask --app chatsite cleanup` removes those), never a listed chat without one.
+"""
+
+import base64
+import binascii
 import contextlib
 import datetime
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 
 from peewee import fn
 
+from ..ids import canonical_uuid
 from .database import write_transaction
-from .tables import Chat, stored_now
+from .search_index import drop_from_index, index_name
+from .tables import Chat, ChatTranscript, stored_now
 from .transcripts import TranscriptMissing, TranscriptStore
 
 log = logging.getLogger(__name__)
@@ -136,7 +146,8 @@ def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list
 
     The transcript is staged before the write lock is taken, and becomes the chat's only
     if the record is updated with it: a locked database never waits on a disk write, and
-    record and transcript change together or not at all.
+    record and transcript change together or not at all. A chat deleted meanwhile is not
+    found (its UPDATE changes no row), and no transcript is left behind for it.
     """
     with store.stage(user_id, chat_id, messages) as staged, write_transaction():
         chat = find_chat(user_id, chat_id)
@@ -145,10 +156,115 @@ def save_chat(store: TranscriptStore, user_id: str, chat_id: str, messages: list
             Chat.message_count: len(messages),
             Chat.transcript_bytes: staged.size,
         }
-        if chat.name == NEW_CHAT_NAME and (name := name_from(messages)):
+        unnamed = chat.name == NEW_CHAT_NAME and chat.named_by != "user"
+        if unnamed and (name := name_from(messages)):
             changes[Chat.name] = name
-        Chat.update(changes).where(Chat.id == chat_id).execute()
+            changes[Chat.named_by] = "message"
+        if not Chat.update(changes).where(Chat.id == chat_id).execute():
+            raise ChatNotFound(chat_id)
         staged.commit()
+
+
+def rename_chat(user_id: str, chat_id: str, name: str) -> None:
+    """Give one of the user's chats the name the user chose (no title ever replaces it)."""
+    with write_transaction():
+        find_chat(user_id, chat_id)
+        Chat.update(name=name, named_by="user").where(Chat.id == chat_id).execute()
+        index_name(chat_id, name)
+
+
+def chat_named_by(user_id: str, chat_id: str) -> str | None:
+    """Who named the user's chat ("new", "message", "title", "user"); None: no such chat."""
+    chat = Chat.get_or_none((Chat.id == chat_id) & (Chat.owner == user_id))
+    return None if chat is None else chat.named_by
+
+
+def name_titled(user_id: str, chat_id: str, title: str, replaces: tuple[str, ...]) -> bool:
+    """Name the chat with a model's title if its name is one a title `replaces` (never
+    the user's), in one conditional UPDATE; tell whether it was."""
+    assert "user" not in replaces
+    with write_transaction():
+        renamed = (
+            Chat.update(name=title, named_by="title")
+            .where((Chat.id == chat_id) & (Chat.owner == user_id) & Chat.named_by.in_(replaces))
+            .execute()
+        )
+        if renamed:
+            index_name(chat_id, title)
+    return bool(renamed)
+
+
+def delete_chat(store: TranscriptStore, user_id: str, chat_id: str) -> None:
+    """Delete one of the user's chats: its record first, then its transcript.
+
+    A crash between the two leaves a transcript that no record lists: nothing shows it,
+    nothing counts it, and `cleanup` removes it.
+    """
+    with write_transaction():
+        find_chat(user_id, chat_id)
+        ChatTranscript.delete().where(ChatTranscript.chat == chat_id).execute()
+        drop_from_index(chat_id)
+        Chat.delete().where(Chat.id == chat_id).execute()
+    store.delete(user_id, chat_id)
+    log.info("deleted chat %s", chat_id)
+
+
+# -- listing, newest first, by keyset pages ----------------------------------------------
+
+
+class BadCursor(ValueError):
+    """A `before` cursor this server did not hand out."""
+
+
+@dataclass(frozen=True)
+class ChatSummary:
+    """A line of the user's list of chats."""
+
+    id: str
+    name: str
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+
+
+def encode_cursor(updated_at: datetime.datetime, chat_id: str) -> str:
+    """The opaque cursor of the page after the chat (its last update, its id)."""
+    raw = json.dumps([updated_at.isoformat(), chat_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime.datetime, str]:
+    """(last update, id) from a cursor; BadCursor for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, chat_id = json.loads(raw)
+        updated_at = datetime.datetime.fromisoformat(stamp)
+        if updated_at.tzinfo is not None:
+            raise ValueError("an aware time")
+        return updated_at, canonical_uuid(chat_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise BadCursor("not a cursor this server gave") from None
+
+
+def list_chats(
+    user_id: str, limit: int, before: str | None = None
+) -> tuple[list[ChatSummary], str | None]:
+    """One page of the user's chats, newest update first, and the cursor of the next.
+
+    Keyset paging on (updated_at, id), a unique order: a page starts strictly after the
+    chat the cursor names, so chats added or updated meanwhile (they go to the top) never
+    make another chat skip a page or show twice.
+    """
+    query = Chat.newest_first(user_id, Chat.id, Chat.name, Chat.created_at, Chat.updated_at)
+    if before is not None:
+        updated_at, chat_id = decode_cursor(before)
+        query = query.where(
+            (Chat.updated_at < updated_at) | ((Chat.updated_at == updated_at) & (Chat.id < chat_id))
+        )
+    rows = [ChatSummary(*row) for row in query.limit(limit + 1).tuples()]
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].updated_at, rows[-1].id)
 
 
 def count_unsized_chats(store: TranscriptStore) -> int:

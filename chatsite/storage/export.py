@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..clock import stamp_of as stamp
 from ..clock import utc_stamp
 from .database import database_connection
 from .tables import Chat, User
@@ -22,11 +23,6 @@ log = logging.getLogger(__name__)
 EXPORT_FORMAT = "chatsite-export"
 EXPORT_VERSION = 1
 PAGE_SIZE = 50  # chats read per database round trip
-
-
-def stamp(value: datetime.datetime) -> str:
-    """A stored (naive UTC) time as the API writes times: ISO 8601, milliseconds, `Z`."""
-    return value.replace(tzinfo=datetime.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 @dataclass(frozen=True)

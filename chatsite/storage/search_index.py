@@ -189,6 +189,12 @@ class IndexedTranscripts(StagedWrites):
             drop_from_index(chat_id)
         self.inner.delete(user_id, chat_id)
 
+    def delete_all(self, user_id: str) -> None:
+        """Remove all the user's transcripts, and their rows of the index."""
+        with database_connection():
+            drop_owner_from_index(user_id)
+        self.inner.delete_all(user_id)
+
 
 def index_unindexed_chats(store: TranscriptStore) -> int:
     """Index every chat saved before the index existed; return how many (`init-db`)."""
