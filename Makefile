@@ -28,6 +28,7 @@ serve: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/search.py  # /search-chats p95 (PostgreSQL with CHATSITE_TEST_DATABASE_URL)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from .site import current_site
 from .storage.chats import count_unsized_chats
 from .storage.cleanup import clean_up
 from .storage.database import database_connection
+from .storage.search_index import index_unindexed_chats
 from .storage.tables import create_tables
 
 
@@ -22,12 +23,15 @@ def init_db_command() -> None:
         changes = create_tables()
         with database_connection():
             counted = count_unsized_chats(current_site().transcripts)
+            indexed = index_unindexed_chats(current_site().transcripts)
     except peewee.DatabaseError as error:
         raise click.ClickException(f"cannot set up the database: {error}") from None
     for change in changes:
         click.echo(change)
     if counted:
         click.echo(f"recorded the size of {counted} chats saved before sizes were kept")
+    if indexed:
+        click.echo(f"indexed {indexed} chats for search")
     click.echo(f"database ready: {current_app.config['DATABASE_URL'].split('@')[-1]}")
 
 

@@ -10,6 +10,7 @@ from .coordination import Coordinator, make_coordinator
 from .llm.catalog import Instance, ModelCatalog, normalize_model, parse_instances
 from .llm.client import OllamaClient
 from .llm.pool import InstancePool
+from .storage.search_index import IndexedTranscripts
 from .storage.transcripts import TranscriptStore, make_transcript_store
 from .titles import TitleWriter
 from .tools import ToolRegistry, registry_from_config
@@ -81,7 +82,9 @@ def build_site(config: dict[str, Any]) -> Site:
         )
     return Site(
         tokens=TokenVerifier(config),
-        transcripts=make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"]),
+        transcripts=IndexedTranscripts(
+            make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"])
+        ),
         catalog=catalog,
         coordinator=coordinator,
         pool=pool,

@@ -1,9 +1,9 @@
-"""The chat endpoints in one blueprint: create, read, list, rename, delete; and deleting
-the account, which is mostly deleting chats."""
+"""The chat endpoints in one blueprint: create, read, list, rename, delete, search, export,
+import; and deleting the account, which is mostly deleting chats."""
 
-from flask import Blueprint
+from flask import Blueprint, Response
 
-from ..clock import stamp_of
+from ..clock import stamp_of, utc_stamp
 from ..errors import ApiError
 from ..ids import canonical_uuid
 from ..site import Site, current_site
@@ -11,7 +11,11 @@ from ..storage.accounts import delete_account as delete_account_of
 from ..storage.chats import create_chat as create_chat_for
 from ..storage.chats import delete_chat as delete_chat_of
 from ..storage.chats import find_chat, list_chats, read_chat, rename_chat
-from .body import authenticated, user_to_serve
+from ..storage.export import export_json, export_markdown, user_settings
+from ..storage.imports import import_chats as import_chats_for
+from ..storage.search import search_chats as find_chats
+from .body import authenticated, user_record, user_to_serve
+from .chat_data import ExportSchema, ImportChatsSchema, SearchChatsSchema
 from .schemas import (
     ChatIdSchema,
     DeleteAccountSchema,
@@ -110,3 +114,55 @@ def delete_account():
     site = current_site()
     while_held(site, user_id, lambda: delete_account_of(site.transcripts, user_id))
     return {"status": "ok", "msg": "account deleted"}
+
+
+@bp.post("/search-chats")
+def search_chats():
+    """The user's chats holding every word of `q`, newest first, each with a snippet."""
+    user_id, data = authenticated(SearchChatsSchema)
+    hits = find_chats(current_site().transcripts, user_id, data["q"], data["limit"])
+    found = [
+        {
+            "id": hit.chat_id,
+            "name": hit.name,
+            "created_at": stamp_of(hit.created_at),
+            "updated_at": stamp_of(hit.updated_at),
+            "snippet": hit.snippet,
+        }
+        for hit in hits
+    ]
+    return {"status": "ok", "chats": found}
+
+
+@bp.post("/export")
+def export():
+    """Everything kept about the user, streamed as one JSON (or Markdown) download."""
+    user_id, data = authenticated(ExportSchema)
+    settings = user_settings(user_record(user_id))
+    transcripts = current_site().transcripts
+    day = utc_stamp()[:10]
+    if data["format"] == "markdown":
+        pieces, media, suffix = export_markdown(transcripts, settings), "text/markdown", "md"
+    else:
+        pieces, media, suffix = export_json(transcripts, settings), "application/json", "json"
+    response = Response(pieces, mimetype=media)
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="chatsite-export-{day}.{suffix}"'
+    )
+    return response
+
+
+@bp.post("/import-chats")
+def import_chats():
+    """An export's chats, taken back as new chats of this user, each whole or not at all."""
+    user_id, data = authenticated(ImportChatsSchema)
+    site = current_site()
+    user_to_serve(user_id)
+    seeds = data["document"]["chats"]
+    report = import_chats_for(site.transcripts, user_id, seeds, site.max_chats, site.max_storage)
+    return {
+        "status": "ok",
+        "msg": f"{len(report.imported)} of {len(seeds)} chats imported",
+        "chats": [{"id": chat_id, "name": name} for chat_id, name in report.imported],
+        "refused": [{"index": index, "msg": reason} for index, reason in report.refused],
+    }

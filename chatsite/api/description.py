@@ -21,7 +21,7 @@ from flask import Flask
 from marshmallow import Schema, fields
 
 from ..media import NDJSON
-from . import responses, schemas
+from . import chat_data, responses, schemas
 from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,55 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answers={
             503: "The answer in progress did not stop within STOP_TIMEOUT seconds (nothing "
             "was deleted; with Retry-After), or a back end (database, Redis) is down.",
+        },
+    ),
+    ("/search-chats", "POST"): Operation(
+        "Find the user's chats by the words in their names and messages",
+        "Every word of `q` must be in the chat (its name or its messages' text); case, "
+        "accents and full-width forms do not matter, and a word also finds the longer words "
+        "it begins (`tomat` finds tomatoes). Text written without spaces (Chinese, Japanese, "
+        "Thai...) is found wherever it occurs. Newest first by last update; through an index "
+        "in the database, kept with every save.",
+        body=chat_data.SearchChatsSchema,
+        answer=chat_data.SearchAnswerSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "q": "crème brûlée", "limit": 20},
+    ),
+    ("/export", "POST"): Operation(
+        "Download everything kept about the user",
+        "A streamed attachment (`Content-Disposition`): the user's settings and every chat "
+        "with its messages, newest first by creation. With `format: markdown`, the same as "
+        "one Markdown document (`text/markdown`). /import-chats takes the JSON back.",
+        body=chat_data.ExportSchema,
+        answer=chat_data.ExportDocumentSchema,
+        errors=(*BODY_ERRORS, 500),
+        example={"token": TOKEN, "format": "json"},
+    ),
+    ("/import-chats", "POST"): Operation(
+        "Take an export's chats back as new chats of this user",
+        "Each chat keeps its name, dates and messages and gets a new id; each is imported "
+        "whole or not at all, within the user's chat and storage bounds (a chat past them "
+        "is listed in `refused`; a 400 when none fits). A document that does not validate "
+        "is a 400 naming the field, and nothing is imported. A document larger than the "
+        "body limit can be sent in parts: any part of its `chats` is a document too.",
+        body=chat_data.ImportChatsSchema,
+        answer=chat_data.ImportAnswerSchema,
+        errors=(*BODY_ERRORS, 500),
+        example={
+            "token": TOKEN,
+            "document": {
+                "format": "chatsite-export",
+                "version": 1,
+                "exported_at": "2026-01-02T10:00:00.000Z",
+                "chats": [
+                    {
+                        "name": "Trip to Rome",
+                        "created_at": "2026-01-01T09:00:00.000Z",
+                        "updated_at": "2026-01-01T09:05:00.000Z",
+                        "messages": [{"role": "user", "content": "Hello!"}],
+                    }
+                ],
+            },
         },
     ),
     ("/models", "POST"): Operation(

@@ -8,6 +8,7 @@ chats whose transcripts are missing.
 import logging
 
 from .database import write_transaction
+from .search_index import drop_owner_from_index
 from .tables import Chat, ChatTranscript, User
 from .transcripts import TranscriptStore
 
@@ -22,6 +23,7 @@ def delete_account(store: TranscriptStore, user_id: str) -> int:
     with write_transaction():
         chats = Chat.select(Chat.id).where(Chat.owner == user_id)
         ChatTranscript.delete().where(ChatTranscript.chat.in_(chats)).execute()
+        drop_owner_from_index(user_id)
         deleted = Chat.delete().where(Chat.owner == user_id).execute()
         User.delete().where(User.uuid == user_id).execute()
     store.delete_all(user_id)

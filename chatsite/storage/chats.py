@@ -12,12 +12,13 @@ import datetime
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peewee import fn
 
 from ..ids import canonical_uuid
 from .database import write_transaction
+from .search_index import drop_from_index, index_name
 from .tables import Chat, ChatTranscript, stored_now
 from .transcripts import TranscriptMissing, TranscriptStore
 
@@ -63,17 +64,42 @@ def ensure_room(user_id: str, chat_id: str | None, size: int, limit: int) -> Non
         raise ChatStorageFull(limit)
 
 
-def create_chat(store: TranscriptStore, user_id: str, max_chats: int, max_bytes: int) -> str:
-    """Create an empty chat: record and transcript are made together or not at all."""
+@dataclass(frozen=True)
+class ChatSeed:
+    """What a chat starts with: empty and "New chat", or an imported chat's all."""
+
+    name: str = NEW_CHAT_NAME
+    messages: list[dict] = field(default_factory=list)
+    created_at: datetime.datetime | None = None  # naive UTC; None: now
+    updated_at: datetime.datetime | None = None
+
+
+def create_chat(
+    store: TranscriptStore,
+    user_id: str,
+    max_chats: int,
+    max_bytes: int,
+    seed: ChatSeed = ChatSeed(),
+) -> str:
+    """Create a chat: record and transcript are made together or not at all."""
     chat_id = str(uuid.uuid4())
+    now = stored_now()
     try:
         # The transcript is written (and synced) first; the write lock is held only for
         # the checks, the INSERT and a rename.
-        with store.stage(user_id, chat_id, [], new=True) as staged, write_transaction():
+        with store.stage(user_id, chat_id, seed.messages, new=True) as staged, write_transaction():
             if Chat.select().where(Chat.owner == user_id).count() >= max_chats:
                 raise ChatLimitReached(max_chats)
             ensure_room(user_id, None, staged.size, max_bytes)
-            Chat.create(id=chat_id, owner=user_id, name=NEW_CHAT_NAME, transcript_bytes=staged.size)
+            Chat.create(
+                id=chat_id,
+                owner=user_id,
+                name=seed.name,
+                created_at=seed.created_at or now,
+                updated_at=seed.updated_at or seed.created_at or now,
+                message_count=len(seed.messages),
+                transcript_bytes=staged.size,
+            )
             staged.commit()
     except (ChatLimitReached, ChatStorageFull):
         raise
@@ -144,6 +170,7 @@ def rename_chat(user_id: str, chat_id: str, name: str) -> None:
     with write_transaction():
         find_chat(user_id, chat_id)
         Chat.update(name=name, named_by="user").where(Chat.id == chat_id).execute()
+        index_name(chat_id, name)
 
 
 def chat_named_by(user_id: str, chat_id: str) -> str | None:
@@ -162,6 +189,8 @@ def name_titled(user_id: str, chat_id: str, title: str, replaces: tuple[str, ...
             .where((Chat.id == chat_id) & (Chat.owner == user_id) & Chat.named_by.in_(replaces))
             .execute()
         )
+        if renamed:
+            index_name(chat_id, title)
     return bool(renamed)
 
 
@@ -174,6 +203,7 @@ def delete_chat(store: TranscriptStore, user_id: str, chat_id: str) -> None:
     with write_transaction():
         find_chat(user_id, chat_id)
         ChatTranscript.delete().where(ChatTranscript.chat == chat_id).execute()
+        drop_from_index(chat_id)
         Chat.delete().where(Chat.id == chat_id).execute()
     store.delete(user_id, chat_id)
     log.info("deleted chat %s", chat_id)

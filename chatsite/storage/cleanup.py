@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import peewee
 
 from .database import db, write_transaction
+from .search_index import IndexedTranscripts
 from .tables import Chat, ChatTranscript, User
 from .transcripts import FileTranscriptStore, TranscriptStore
 
@@ -48,6 +49,8 @@ def clean_up(store: TranscriptStore) -> Cleaned:
             .where(ChatTranscript.chat.not_in(Chat.select(Chat.id)))
             .execute()
         )
+    if isinstance(store, IndexedTranscripts):
+        store = store.inner  # the files are the store's own (the index goes with records)
     if isinstance(store, FileTranscriptStore):
         cleaned.temp_files = store.clean_stray_temp_files()
         for user_id in store.user_ids():

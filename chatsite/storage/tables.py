@@ -9,6 +9,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from ..clock import utc_now
 from .database import BaseModel, db
+from .search_schema import create_search_index
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def create_tables() -> list[str]:
     with db.connection_context():
         changes = rename_old_tables()
         db.create_tables(ALL_TABLES, safe=True)
-        return changes + [f"added column {column}" for column in add_missing_columns()]
+        changes += [f"added column {column}" for column in add_missing_columns()]
+        create_search_index(Chat._meta.table_name)
+        return changes
 
 
 def rename_old_tables() -> list[str]:
