@@ -59,12 +59,14 @@ def records(app, **where) -> dict:
         if "user" in where:
             user = where["user"]
             chats = Chat.select(Chat.id).where(Chat.owner == user)
+            search = "SELECT COUNT(*) FROM chat_search_docs WHERE owner = " + db.param
             return {
                 "users": User.select().where(User.uuid == user).count(),
                 "chats": chats.count(),
                 "chat_contents": ChatTranscript.select()
                 .where(ChatTranscript.chat.in_([c.id for c in chats]))
                 .count(),
+                "chat_search_docs": db.execute_sql(search, (user,)).fetchone()[0],
             }
         chat = where["chat"]
         return {
@@ -253,6 +255,7 @@ def test_deleting_the_account_leaves_nothing(server, token_for, user, store):
         "users": 1,
         "chats": 3,
         "chat_contents": 3 if store == "database" else 0,
+        "chat_search_docs": 3,
     }
 
     for wrong in ("", "yes", str(uuid.uuid4()), None):
@@ -262,7 +265,12 @@ def test_deleting_the_account_leaves_nothing(server, token_for, user, store):
 
     answer = call(server, "/delete-account", {"token": token, "confirm": user.upper()})
     assert answer == {"status": "ok", "msg": "account deleted"}
-    assert records(server.app, user=user) == {"users": 0, "chats": 0, "chat_contents": 0}
+    assert records(server.app, user=user) == {
+        "users": 0,
+        "chats": 0,
+        "chat_contents": 0,
+        "chat_search_docs": 0,
+    }
     assert not os.path.exists(folder)
     chat_dir = server.app.config["CHAT_DIR"]
     folders = os.listdir(chat_dir) if os.path.exists(chat_dir) else []
