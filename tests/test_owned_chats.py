@@ -18,6 +18,7 @@ from tests.helpers import (
     Stream,
     echo_body,
     get_chat,
+    search_index_rows,
     site_of,
     slow_body,
     stream,
@@ -65,6 +66,7 @@ def records(app, **where) -> dict:
                 "chat_contents": ChatTranscript.select()
                 .where(ChatTranscript.chat.in_([c.id for c in chats]))
                 .count(),
+                "search_index": search_index_rows(user),
             }
         chat = where["chat"]
         return {
@@ -253,6 +255,7 @@ def test_deleting_the_account_leaves_nothing(server, token_for, user, store):
         "users": 1,
         "chats": 3,
         "chat_contents": 3 if store == "database" else 0,
+        "search_index": 3 * (2 if "sqlite" in server.app.config["DATABASE_URL"] else 1),
     }
 
     for wrong in ("", "yes", str(uuid.uuid4()), None):
@@ -262,7 +265,12 @@ def test_deleting_the_account_leaves_nothing(server, token_for, user, store):
 
     answer = call(server, "/delete-account", {"token": token, "confirm": user.upper()})
     assert answer == {"status": "ok", "msg": "account deleted"}
-    assert records(server.app, user=user) == {"users": 0, "chats": 0, "chat_contents": 0}
+    assert records(server.app, user=user) == {
+        "users": 0,
+        "chats": 0,
+        "chat_contents": 0,
+        "search_index": 0,
+    }
     assert not os.path.exists(folder)
     chat_dir = server.app.config["CHAT_DIR"]
     folders = os.listdir(chat_dir) if os.path.exists(chat_dir) else []
