@@ -18,11 +18,13 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
+from peewee import SqliteDatabase
 
 from chatsite import create_app
 from chatsite.coordination import Coordinator
 from chatsite.dev.instance import KNOBS, DevInstance
 from chatsite.site import Site
+from chatsite.storage.database import db
 from chatsite.storage.tables import create_tables
 from tests.servers import wait_until
 
@@ -329,3 +331,16 @@ def exported_chat(name: str, *texts: str, created: str = "2025-12-24T18:30:00.00
 def post_json(url: str, path: str, body: dict) -> requests.Response:
     """POST a JSON body to a server."""
     return requests.post(f"{url}{path}", json=body, timeout=TIMEOUT)
+
+
+def search_index_rows(owner: str) -> int:
+    """Rows of the search index holding `owner`'s chats (on SQLite, also FTS5's own
+    entries for them); call inside a connection."""
+    param = "?" if isinstance(db.obj, SqliteDatabase) else "%s"
+    sql = f"SELECT COUNT(*) FROM chat_search_docs WHERE owner = {param}"
+    count = db.execute_sql(sql, (owner,)).fetchone()[0]
+    if isinstance(db.obj, SqliteDatabase):
+        match = f'owner : "{owner}"'
+        sql = "SELECT COUNT(*) FROM chat_search WHERE chat_search MATCH ?"
+        count += db.execute_sql(sql, (match,)).fetchone()[0]
+    return count

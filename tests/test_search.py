@@ -6,12 +6,14 @@ model, or /import-chats), so these tests also prove the index is kept by every s
 
 import pytest
 
+from chatsite.storage.database import db
 from tests.helpers import (
     create_chat,
     export_document,
     exported_chat,
     post_json,
     save_chat,
+    search_index_rows,
 )
 
 
@@ -99,6 +101,23 @@ def test_newest_first_and_kept_with_every_save(server, token_for):
     assert search(server, token, "ramen")[0] == [first, second]
     assert search(server, token, "udon")[0] == [first]
     assert search(server, token, "miso")[0] == []
+
+
+def test_renamed_and_deleted_chats_leave_the_index(server, token_for, user):
+    token = token_for(user)
+    chat_id = saved(server, token, "a question about quinoa")
+    kept = saved(server, token, "another about quinoa")
+    rename = {"token": token, "chatId": chat_id, "name": "Müsli ideas"}
+    assert post_json(server.url, "/rename-chat", rename).status_code == 200
+    assert search(server, token, "musli")[0] == [chat_id]
+    assert search(server, token, "question")[0] == [chat_id]  # its messages still count
+    deleted = post_json(server.url, "/delete-chat", {"token": token, "chatId": chat_id})
+    assert deleted.status_code == 200
+    assert search(server, token, "quinoa")[0] == [kept]
+    assert search(server, token, "musli")[0] == []
+    with server.app.app_context(), db.connection_context():
+        per_chat = 2 if "sqlite" in server.app.config["DATABASE_URL"] else 1
+        assert search_index_rows(user) == per_chat  # the kept chat's only
 
 
 def test_another_users_chats_are_never_found(server, token_for):

@@ -60,10 +60,12 @@ def _store(chat_id: str, owner: str, name: list[str], words: list[str]) -> None:
         )
     else:
         db.execute_sql(
-            "INSERT INTO chat_search_docs (chat_id, owner, name, words) "
-            "VALUES (%s, %s, array_to_tsvector(%s::text[]), array_to_tsvector(%s::text[])) "
-            "ON CONFLICT (chat_id) DO UPDATE SET name = EXCLUDED.name, words = EXCLUDED.words",
-            (chat_id, owner, name, words),
+            "INSERT INTO chat_search_docs (chat_id, owner, name, words, document) "
+            "SELECT %s, %s, n, w, array_to_tsvector(ARRAY[%s]) || n || w FROM "
+            "(SELECT array_to_tsvector(%s::text[]) AS n, array_to_tsvector(%s::text[]) AS w) t "
+            "ON CONFLICT (chat_id) DO UPDATE SET name = EXCLUDED.name, words = EXCLUDED.words, "
+            "document = EXCLUDED.document",
+            (chat_id, owner, owner_lexeme(owner), name, words),
         )
 
 
@@ -89,7 +91,9 @@ def index_name(chat_id: str, name: str) -> None:
         )
     else:
         db.execute_sql(
-            "UPDATE chat_search_docs SET name = array_to_tsvector(%s::text[]) WHERE chat_id = %s",
+            "UPDATE chat_search_docs SET name = n, "
+            "document = array_to_tsvector(ARRAY['owner ' || owner]) || n || words "
+            "FROM (SELECT array_to_tsvector(%s::text[]) AS n) t WHERE chat_id = %s",
             (tokens_of_name, chat_id),
         )
 
@@ -107,6 +111,16 @@ def drop_owner_from_index(user_id: str) -> None:
     """Remove the rows of all a user's chats (deleting an account)."""
     param = "?" if is_sqlite() else "%s"
     db.execute_sql(f"DELETE FROM chat_search_docs WHERE owner = {param}", (user_id,))
+
+
+def owner_lexeme(user_id: str) -> str:
+    """PostgreSQL: the lexeme that marks a user's rows in `document` (no word has a space;
+    `index_name` writes it in SQL too)."""
+    return f"owner {user_id}"
+
+
+def _tsquery_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _fts_string(text: str) -> str:
@@ -130,13 +144,15 @@ def find(user_id: str, terms: list[Term], limit: int) -> list[tuple]:
         # Raw SQL on SQLite gives the times as the text they are stored as.
         return [(i, n, _time(c), _time(u), size) for i, n, c, u, size in rows]
     # The tokens are letters, digits and marks only: quoted, they are taken as they are.
-    wanted = " & ".join(f"'{t.text}'" + (":*" if t.prefix else "") for t in terms)
+    wanted = " & ".join(
+        [_tsquery_string(owner_lexeme(user_id))]
+        + [_tsquery_string(t.text) + (":*" if t.prefix else "") for t in terms]
+    )
     sql = (
         f"SELECT {columns} FROM chat_search_docs d JOIN chats c ON c.id = d.chat_id "
-        f"WHERE d.owner = %s AND (d.name || d.words) @@ %s::tsquery AND c.owner_uuid = %s "
-        f"{order} %s"
+        f"WHERE d.document @@ %s::tsquery AND c.owner_uuid = %s {order} %s"
     )
-    return list(db.execute_sql(sql, (user_id, wanted, user_id, limit)).fetchall())
+    return list(db.execute_sql(sql, (wanted, user_id, limit)).fetchall())
 
 
 def _time(value: str | datetime.datetime) -> datetime.datetime:
