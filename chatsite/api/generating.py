@@ -1,4 +1,8 @@
-"""Which chat of a user has an answer being produced: what /get-chat and /settings tell."""
+"""Which chat of a user has an answer being produced: what /get-chat and /settings tell.
+
+The user's lock is held until the answer is saved, and freed before its last line is sent:
+so a client that has the last line never sees its chat still "generating".
+"""
 
 from ..site import Site
 
@@ -8,9 +12,11 @@ def generating_chat(site: Site, user_id: str) -> str | None:
 
     The answers' logs tell, until the coordination records it with the user's lock (#19).
     """
+    if not site.coordinator.user_busy(user_id):
+        return None
     return site.line_logs.generating_chat(user_id)
 
 
 def generating(site: Site, user_id: str, chat_id: str) -> bool:
     """True while the chat's answer is being produced."""
-    return site.line_logs.generating(user_id, chat_id)
+    return site.coordinator.user_busy(user_id) and site.line_logs.generating(user_id, chat_id)
