@@ -62,7 +62,7 @@ def chat():
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
     user = user_to_serve(user_id)
-    save = None
+    save = chat_id = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
@@ -84,4 +84,4 @@ def chat():
     user_lease = lock_user(site, user_id)
     admission = site.pool.admit(request)
     reply = ChatReply(admission, user_lease, request, messages, room, clock, runner, save)
-    return start_reply(site, reply, user_id, data.get("queue_updates", False))
+    return start_reply(site, reply, user_id, data.get("queue_updates", False), chat_id)

@@ -2,8 +2,10 @@
 
 from flask import Blueprint
 
+from ..site import current_site
 from ..storage.users import user_prefs
 from .body import authenticated, user_record
+from .generating import generating_chat
 from .schemas import TokenOnlySchema
 
 bp = Blueprint("settings", __name__)
@@ -12,4 +14,10 @@ bp = Blueprint("settings", __name__)
 @bp.post("/settings")
 def settings():
     user_id, _ = authenticated(TokenOnlySchema)
-    return user_prefs(user_record(user_id))
+    prefs = user_prefs(user_record(user_id))
+    chat_id = generating_chat(current_site(), user_id)
+    if chat_id is not None:
+        for entry in prefs["chat_files"]["files"]:
+            if str(entry["id"]) == chat_id:
+                entry["generating"] = True
+    return prefs
