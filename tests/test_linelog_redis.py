@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from chatsite.streaming.linelog import ProducerLost, RedisLineStore
+from chatsite.streaming.linelog.answers import LineLogs
 from chatsite.streaming.linelog.redis import answer_keys
 from tests.helpers import new_user
 from tests.servers import wait_until
@@ -133,6 +134,23 @@ def test_the_end_is_sent_in_one_round_trip_with_the_lines_missed(make_store, ans
     assert trips() == 2
     _, stream, _ = answer_keys(store.prefix, *answer)
     assert raw.xlen(stream) == 51  # the lines and the end mark
+
+
+def test_an_answers_lines_reach_redis_in_batches_and_all_by_its_end(make_store, answer):
+    """The producer's side (`AnswerLog`): lines appended faster than FLUSH_SECONDS go in a
+    few pipelines, not one per line; once `end()` returns, another host has every line."""
+    producer, other = make_store(), make_store()
+    answer_log = LineLogs(producer, producer.keep_seconds, producer.keep_lines).start(*answer)
+    trips = count_round_trips(producer)
+    for seq in range(200):
+        answer_log.append(line(seq))
+        answer_log.publish()
+    answer_log.append(line(200, done=True))
+    answer_log.end()
+    assert trips() <= 5  # a batch or two while appending, the rest and the end mark
+    assert read_all(other.follow(*answer, 0)) == [line(n) for n in range(200)] + [
+        line(200, done=True)
+    ]
 
 
 def count_round_trips(store: RedisLineStore):
