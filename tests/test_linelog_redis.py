@@ -4,8 +4,10 @@ Two `RedisLineStore`s on one test prefix stand for two hosts: one produces, the 
 follows through its own connections.
 """
 
+import contextlib
 import threading
 import uuid
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -322,10 +324,7 @@ def test_a_batch_sent_twice_is_not_doubled(make_store, answer):
 
 def test_a_batch_redis_missed_is_sent_with_the_next(make_store, answer, redis_prefix):
     """Redis unreachable for a batch: no hole for a reader elsewhere once it is back."""
-    parts = redis.connection.parse_url(redis_prefix[0])
-    proxy = TcpProxy(parts.get("host", "127.0.0.1"), parts.get("port", 6379)).start()
-    try:
-        via_proxy = f"redis://127.0.0.1:{proxy.port}/{parts.get('db', 0)}"
+    with proxied(redis_prefix[0]) as (proxy, via_proxy):
         producer, other = make_store(via_proxy), make_store()
         shared = producer.create(*answer)
         shared.write([line(0)], 0)
@@ -335,5 +334,55 @@ def test_a_batch_redis_missed_is_sent_with_the_next(make_store, answer, redis_pr
         shared.write([line(3)], 3)
         shared.end()
         assert read_all(other.follow(*answer, 0)) == [line(n) for n in range(4)]
+
+
+def test_a_reader_rides_out_a_short_outage_of_its_redis(make_store, answer, redis_prefix):
+    """The reader's connection is cut while it waits: it looks again and misses nothing;
+    cut for longer than a lease, it gives up with `ProducerLost` (the client may resume)."""
+    producer = make_store(ttl=0.6)
+    with proxied(redis_prefix[0]) as (proxy, via_proxy):
+        follower = make_store(via_proxy, ttl=0.6)
+        shared = producer.create(*answer)
+        shared.write([line(0)], 0)
+        reader = iter(follower.follow(*answer, 0))
+        assert next(reader) == [line(0)]
+        proxy.cut()
+        shared.write([line(1)], 1)
+        proxy.restore()
+        assert next(reader) == [line(1)]
+        proxy.cut()
+        with pytest.raises(ProducerLost):
+            next(reader)
+        shared.end()
+
+
+def test_a_redis_restarted_empty_gets_the_answering_key_back(make_store, answer, raw):
+    """Redis lost its data: the renewer puts back the key naming the chat, the reader goes
+    on, and a reader from 0 is told that the lines before the restart are gone."""
+    producer, other = make_store(ttl=0.6), make_store(ttl=0.6)
+    shared = producer.create(*answer)
+    shared.write([line(0), line(1)], 0)
+    reader = iter(other.follow(*answer, 0))
+    assert next(reader) == [line(0), line(1)]
+    raw.delete(*answer_keys(producer.prefix, *answer))  # as a restart without persistence
+    assert wait_until(lambda: other.generating(*answer), timeout=HANG_GUARD)
+    shared.write([line(2)], 2)
+    assert next(reader) == [line(2)]
+    late_reader = other.follow(*answer, 0)
+    shared.write([line(3)], 3)
+    shared.end()
+    late = read_all(late_reader)
+    assert seqs(late) == [2, 3]
+    assert orjson.loads(late[0])["gap"] is True
+    shared.close()
+
+
+@contextlib.contextmanager
+def proxied(url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A TcpProxy in front of the test Redis: (proxy, the url through it)."""
+    parts = redis.connection.parse_url(url)
+    proxy = TcpProxy(parts.get("host", "127.0.0.1"), parts.get("port", 6379)).start()
+    try:
+        yield proxy, f"redis://127.0.0.1:{proxy.port}/{parts.get('db', 0)}"
     finally:
         proxy.close()

@@ -11,7 +11,9 @@ reader elsewhere never finds a hole. While the answer runs, the user's key
 `{prefix}:answering:{<user>}` names its chat (and this producer); a renewer thread (a
 greenlet under gevent) keeps it, and the stream, alive every ttl/3. A producer that dies
 without its last line (SIGKILL) lets that key expire within `ttl`: its readers then raise
-`ProducerLost`. At the end the stream is kept `keep_seconds`, then expires.
+`ProducerLost`. At the end the stream is kept `keep_seconds`, then expires. Redis restarted
+empty: the renewer puts the key back; the lines sent before are gone, and a reader that
+asks for them is told so (`"gap": true`).
 """
 
 import logging
@@ -29,9 +31,16 @@ log = logging.getLogger(__name__)
 DUPLICATE = "equal or smaller"  # XADD's refusal of an id already there: an entry sent twice
 
 # KEYS: the user's answering key, stream, readers. ARGV: owner, ttl ms, stream ms. -> 1 or 0.
+# A key found missing is put back (Redis restarted empty: the user's lock makes it ours),
+# unless the log has its end mark (a renewal that crossed the end on its way).
 _RENEW = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('pexpire', KEYS[1], ARGV[2])
+local owner = redis.call('get', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+if not owner then
+  local newest = redis.call('xrevrange', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  if newest and newest[2][1] == 'e' then return 0 end
+end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('pexpire', KEYS[2], ARGV[3])
 redis.call('pexpire', KEYS[3], ARGV[3])
 return 1

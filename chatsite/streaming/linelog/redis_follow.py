@@ -5,7 +5,9 @@
 user's answering key: a producer that no longer holds it without having written the end
 mark is lost. A line whose seq is not the one expected (trimmed by `MAXLEN` before it was
 read) carries `"gap": true`. The reader marks itself in the answer's readers (a sorted set
-of marks that lapse) so that the producer knows someone still reads.
+of marks that lapse) so that the producer knows someone still reads. Redis away (a restart,
+a failover), the reader looks again every poll for up to a lease's time, then gives up with
+`ProducerLost`: its client may resume.
 """
 
 import contextlib
@@ -69,16 +71,23 @@ class RedisLineReader:
 
     def _lines(self) -> Iterator[list[bytes]]:
         expected, last = self._start, entry_id(self._start - 1)
+        failing_since = None
         while not self._closed:
-            entries = self._read(last)
+            try:
+                entries = self._next_entries(last)
+            except redis.RedisError:
+                # Redis away (restarting, failing over): look again, for a lease's time.
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > self._store.ttl:
+                    log.warning("Redis away too long for a reader of %s", self._stream)
+                    raise ProducerLost(self._stream) from None
+                time.sleep(FOLLOW_POLL_SECONDS)
+                continue
+            failing_since = None
+            if entries is None:
+                return  # (the reader began past the end)
             if not entries:
-                if self._producing():
-                    continue
-                entries = self._read(last, block=False)  # what came since: the end, perhaps
-                if not entries:
-                    if self._ended():
-                        return  # (the reader began past the end)
-                    raise ProducerLost(self._stream)
+                continue
             lines = []
             for entry, fields in entries:
                 if END in fields:
@@ -89,6 +98,19 @@ class RedisLineReader:
                 lines.append(mark_gap(line) if seq != expected else line)
                 expected, last = seq + 1, entry
             yield lines
+
+    def _next_entries(self, last: bytes | str) -> list | None:
+        """The next entries; [] while the producer runs and wrote nothing new; None when the
+        log has ended before them; `ProducerLost` when the producer left without an end."""
+        entries = self._read(last)
+        if entries or self._producing():
+            return entries
+        entries = self._read(last, block=False)  # what came since: the end, perhaps
+        if entries:
+            return entries
+        if self._ended():
+            return None
+        raise ProducerLost(self._stream)
 
     def _read(self, last: bytes | str, block: bool = True) -> list:
         """The entries after `last`, waiting for some at most a poll's time; marks us reading."""
