@@ -155,6 +155,22 @@ def test_an_answers_lines_reach_redis_in_batches_and_all_by_its_end(make_store, 
     ]
 
 
+def test_an_answer_is_unread_only_from_when_its_last_remote_reader_left(make_store, answer):
+    """DETACHED_MAX_SECONDS counts from the moment nobody reads, on any host."""
+    producer, other = make_store(), make_store()
+    answer_log = LineLogs(producer, producer.keep_seconds, producer.keep_lines).start(*answer)
+    answer_log.append(line(0))
+    answer_log.publish()
+    assert wait_until(lambda: answer_log.unread_seconds() > 0.5, timeout=HANG_GUARD)
+    unread_before = answer_log.unread_seconds()
+    reader = other.follow(*answer, 0)
+    assert next(iter(reader)) == [line(0)]
+    assert answer_log.unread_seconds() == 0.0  # read on another host
+    reader.close()
+    assert answer_log.unread_seconds() < unread_before
+    answer_log.end()
+
+
 def count_round_trips(store: RedisLineStore):
     """Count the requests the store's client sends from now (a pipeline is one)."""
     pool = store.client.connection_pool
