@@ -14,6 +14,7 @@ from .base import (
     SharedLog,
     mark_gap,
 )
+from .redis import RedisLineStore
 
 __all__ = [
     "FLUSH_SECONDS",
@@ -21,6 +22,7 @@ __all__ = [
     "LineReader",
     "LineStore",
     "ProducerLost",
+    "RedisLineStore",
     "SharedLog",
     "make_line_store",
     "mark_gap",
@@ -38,8 +40,14 @@ def make_line_store(config: dict[str, Any], coordinator: Any) -> LineStore | Non
     keep_lines = int(config["RESUME_KEEP_LINES"])
     if config.get("COORDINATION") == "local" and not config.get("REDIS_URL"):
         return None
-    # Until the Redis back end lands (branch i18-redis: `redis.RedisLineStore(url, prefix,
-    # keep_seconds, keep_lines)`), a Redis deployment shares logs between one host's workers.
+    if config.get("REDIS_URL"):
+        return RedisLineStore(
+            config["REDIS_URL"],
+            prefix=config["REDIS_PREFIX"],
+            keep_seconds=keep_seconds,
+            keep_lines=keep_lines,
+            ttl=float(config["LEASE_TTL"]),
+        )
     from .files import FileLineStore
 
     return FileLineStore(config["LOCK_DIR"], coordinator, keep_seconds, keep_lines)

@@ -85,6 +85,7 @@ class AnswerLog:
         if self._shared is not None:
             try:
                 if self._shared.readers():
+                    self._last_read = time.monotonic()  # unread from when they leave
                     return 0.0
             except Exception:
                 log.warning("could not count an answer's remote readers", exc_info=True)
