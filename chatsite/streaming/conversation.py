@@ -88,6 +88,7 @@ class ChatReply(StreamedReply):
         clock: Clock,
         tool_runner: ToolRunner | None = None,
         save: Callable[[list[dict]], Saved] | None = None,
+        checkpoint: Callable[[list[dict]], bool] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
         self.request = request  # its messages grow by each tool round
@@ -96,6 +97,7 @@ class ChatReply(StreamedReply):
         self.clock = clock
         self.tool_runner = tool_runner
         self.save = save
+        self.save_checkpoint = checkpoint  # saves an answer in progress, never journaled
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
         self.content: list[str] = []  # this round's text
         self.thinking: list[str] = []  # this round's thinking
@@ -235,9 +237,9 @@ class ChatReply(StreamedReply):
     def checkpoint(self) -> bool:
         """Save the answer so far as incomplete, while it runs: a killed worker then loses
         at most what came since. Nothing before it relays, or once it is finished."""
-        if self.save is None or self.upstream is None or self._finished:
+        if self.save_checkpoint is None or self.upstream is None or self._finished:
             return False
-        self.save(self._so_far(complete=False))
+        self.save_checkpoint(self._so_far(complete=False))
         return True
 
     def _so_far(self, complete: bool) -> list[dict]:
