@@ -13,7 +13,6 @@ passed since their answer ended (or since a dead producer last wrote).
 """
 
 import contextlib
-import errno
 import fcntl
 import itertools
 import logging
@@ -24,41 +23,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ...coordination.file_queue import holder_alive, lock_held
 from ...greenlets import off_the_loop
 from ...ids import canonical_uuid
 from .base import FOLLOW_POLL_SECONDS, ProducerLost, mark_gap
 
 log = logging.getLogger(__name__)
 
-LOCK_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
 END = b"\n"  # a blank line: the answer's last line is in
 SUFFIX = ".ndjson"
 READER = ".r."
 READ_CHUNK = 1 << 16
-
-
-def _holder_alive(fd: int) -> bool:
-    """Tell whether another open of the file holds its flock (the producer, running)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in LOCK_HELD:
-            return True
-        raise
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return False
-
-
-def _probe(path: str) -> bool:
-    """Tell whether some process holds the flock of the file at `path` (missing: no)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    try:
-        return _holder_alive(fd)
-    finally:
-        os.close(fd)
 
 
 class FileSharedLog:
@@ -104,7 +79,7 @@ class FileReader:
         while True:
             if self._event is not None:
                 self._event.clear()
-            alive = _holder_alive(self._fd)  # before reading: a last write is then seen
+            alive = lock_held(self._fd)  # before reading: a last write is then seen
             data = self._read(offset)
             offset += len(data)
             parts = (rest + data).split(b"\n")
@@ -207,7 +182,7 @@ class FileLineStore:
         except FileNotFoundError:
             return []
         if live:
-            names = [name for name in names if _probe(os.path.join(folder, name))]
+            names = [name for name in names if holder_alive(os.path.join(folder, name))]
         return names
 
     def wake_readers(self, folder: str, chat: str) -> None:
@@ -230,7 +205,7 @@ class FileLineStore:
         except FileNotFoundError:
             return None
         try:
-            if not _holder_alive(fd) and os.fstat(fd).st_mtime < time.time() - self.keep_seconds:
+            if not lock_held(fd) and os.fstat(fd).st_mtime < time.time() - self.keep_seconds:
                 return None  # ended (or lost) longer ago than the keep time
             marker = self._reader_marker(os.path.dirname(path), canonical_uuid(chat_id))
         except BaseException:
@@ -253,7 +228,7 @@ class FileLineStore:
 
     def generating(self, user_id: str, chat_id: str) -> bool:
         path = self._path(user_id, chat_id)
-        return _probe(path) and not _ended(path)
+        return holder_alive(path) and not _ended(path)
 
     def generating_chat(self, user_id: str) -> str | None:
         folder = self._folder(user_id)
@@ -263,7 +238,7 @@ class FileLineStore:
             return None
         for name in names:
             path = os.path.join(folder, name)
-            if _probe(path) and not _ended(path):
+            if holder_alive(path) and not _ended(path):
                 return name[: -len(SUFFIX)]
         return None
 
@@ -286,7 +261,7 @@ class FileLineStore:
             for name in names:
                 path = os.path.join(folder, name)
                 try:
-                    if os.stat(path).st_mtime < cutoff and not _probe(path):
+                    if os.stat(path).st_mtime < cutoff and not holder_alive(path):
                         os.unlink(path)
                 except FileNotFoundError:
                     continue
