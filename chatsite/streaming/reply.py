@@ -21,6 +21,7 @@ import orjson
 from flask import Response
 
 from ..coordination import Lease
+from ..coordination.base import CoordinationUnavailable
 from ..greenlets import current_greenlet
 from ..llm.client import InstanceStream
 from ..llm.errors import (
@@ -34,12 +35,21 @@ from ..llm.errors import (
 from ..llm.pool import Admission, Slot
 from ..media import NDJSON
 from ..operations.metrics import StreamWatch
+from ..storage.saves import DATABASE_AWAY
 from . import drain
 
 log = logging.getLogger(__name__)
 
 QUEUE_UPDATE_SECONDS = 5.0  # a queued line at least this often: it also finds clients gone
-WAIT_ERRORS = (NoInstanceAvailable, QueueFull, UnknownModel, InstanceFailed, InstanceRefused)
+WAIT_ERRORS = (
+    NoInstanceAvailable,
+    QueueFull,
+    UnknownModel,
+    InstanceFailed,
+    InstanceRefused,
+    CoordinationUnavailable,
+)
+DATABASE_DOWN = "the database is unavailable"
 
 
 def ndjson_line(payload: dict) -> bytes:
@@ -196,6 +206,10 @@ class StreamedReply:
         except drain.Draining as error:
             self.finish(complete=False)
             yield self._error_line(str(error))
+        except DATABASE_AWAY as error:  # a back end that is down is named, never "internal"
+            log.error("stream failed: the database is unavailable: %s", error)
+            self.finish(complete=False)
+            yield self._error_line(DATABASE_DOWN)
         except Exception:
             log.exception("stream failed")
             self.finish(complete=False)
