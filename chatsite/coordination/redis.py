@@ -254,11 +254,15 @@ class RedisCoordinator:
             self._restore()
         return max(0, int(left)) / 1000
 
-    def _admitting(self) -> None:
-        """Before handing anything out: not while Redis is away or being rebuilt."""
-        self._check_open()
+    def settled(self) -> None:
+        """Raise `CoordinationUnavailable` while Redis is away or being rebuilt: then
+        nothing is handed out, and places in line are not yet all back."""
         if self.check_epoch() > 0:
             raise CoordinationUnavailable()
+
+    def _admitting(self) -> None:
+        self._check_open()
+        self.settled()
 
     def _restore(self) -> None:
         """Put back this worker's leases (same tokens) and waiters (same tickets)."""

@@ -146,6 +146,8 @@ class LineOwner(Protocol):
 
     def reaching(self) -> AbstractContextManager[None]: ...
 
+    def settled(self) -> None: ...
+
     def untrack(self, ticket: "RedisTicket") -> None: ...
 
 
@@ -165,9 +167,11 @@ class RedisTicket(EventTicket):
         return [self.member, self.ticket, owner.heartbeat_prefix(self._line), owner.heartbeat_ms]
 
     def position(self) -> int:
-        """The place among live waiters; `CoordinationUnavailable` while Redis is away."""
+        """The place among live waiters; `CoordinationUnavailable` while Redis is away, or
+        rebuilt but not yet given back every waiter of every worker."""
         with self._owner.reaching():
             ahead = self._owner._position(keys=[self._line, self._counter], args=self._args())
+        self._owner.settled()  # its heartbeat is kept, but a count taken now may be short
         return int(ahead) + 1
 
     def restore(self, pipe: Any) -> None:
