@@ -70,6 +70,11 @@ def queued_line(position: int) -> bytes:
     return ndjson_line({"status": "queued", "position": position, "done": False})
 
 
+def _released() -> bool:
+    """What a released reply answers when asked whether it gives up its wait: it does."""
+    return True
+
+
 class Stopped(Exception):
     """The user asked /stop for this request before it reached an instance."""
 
@@ -275,6 +280,10 @@ class StreamedReply:
         drain.untrack(self)
         # Once: a no-op after finish().
         self.watch.finished(len(self.pieces), False, self.thinking_pieces)
+        # The admission asks this reply whether it still wants a slot: that closure is a
+        # reference cycle, which would keep the request's body (its messages, the encoded
+        # upstream payload) until the garbage collector's next full pass; break it now.
+        self.admission.giving_up = _released
         try:
             self.admission.close()
         finally:
