@@ -33,6 +33,7 @@ from tests.helpers import (
     echo_body,
     get_chat,
     init_db,
+    messages,
     new_user,
     pg_url,
     sessions_on_workers,
@@ -229,6 +230,43 @@ def test_gevent_read_timeout_counts_each_wait_not_the_whole_stream(
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
     response, lines = stream(server.url, "/chat", echo_body(token))
     assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"  # the user is free again
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS) in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def largest_body(token: str, count: int = 500, limit: int = 1048576) -> dict:
+    """A valid /chat body of `count` messages (MAX_MESSAGES) just under MAX_CONTENT_LENGTH."""
+    each = (limit - 4096) // count - len('{"role": "assistant", "content": ""}, ')
+    texts = [f"{index} " + "x" * (each - 6) for index in range(count)]
+    body = echo_body(token)
+    body["messages"] = messages(*texts)
+    assert limit - 16384 < len(json.dumps(body)) < limit
+    return body
+
+
+def test_waves_of_the_largest_bodies_do_not_grow_the_worker(tmp_path, launch, upstream, token_for):
+    """20 users at once send the largest /chat bodies accepted, wave after wave: after the
+    second wave the worker's memory stays where it is (a loose bound: it used to keep about
+    25 MiB more with every wave, the request's body held in a reference cycle)."""
+    env = site_env(tmp_path, [{"url": upstream.url, "max_concurrent": 20}])
+    server = launch(env, token_for())
+    (worker,) = server.worker_pids()
+    bodies = [largest_body(token_for()) for _ in range(20)]
+    after = []
+    for _ in range(6):
+        responses = post_all(f"{server.url}/chat", bodies, timeout=60)
+        assert statuses(responses) == [200] * 20
+        for response in responses:
+            assert json.loads(response.content.splitlines()[-1])["done"] is True
+        close_all(responses)
+        after.append(rss_mib(worker))
+    assert server.worker_pids() == [worker]
+    assert max(after[2:]) < after[1] + 40, after
 
 
 # --- several hosts: Redis and PostgreSQL --------------------------------------------------
