@@ -88,7 +88,8 @@ def over_gunicorn(args: argparse.Namespace) -> None:
                 now = site.find_worker()
                 note = "" if now == worker else " (a new worker: recycled)"
                 worker = now
-                print(f"wave {number}: {served}/{args.users} served, RSS {rss_mib(worker):.0f} MiB{note}")
+                rss = rss_mib(worker)
+                print(f"wave {number}: {served}/{args.users} served, RSS {rss:.0f} MiB{note}")
     finally:
         procs.stop_all()
 
@@ -101,11 +102,9 @@ def in_process(args: argparse.Namespace) -> None:
 
     tracemalloc.start(10)
     with tempfile.TemporaryDirectory() as tmp, DevInstance() as dev:
-        app = build_app(
-            Path(tmp), f"sqlite:///{tmp}/m.db", CHAT_INSTANCES=[{"url": dev.url, "max_concurrent": 64}]
-        )
+        instances = [{"url": dev.url, "max_concurrent": 64}]
+        app = build_app(Path(tmp), f"sqlite:///{tmp}/m.db", CHAT_INSTANCES=instances)
         client = app.test_client()
-        body = big_body(sign_token(), args.messages).replace(b'"fast"', b'"echo"')
         baseline = tracemalloc.take_snapshot()
         for number in range(1, args.waves + 1):
             for _ in range(args.users):

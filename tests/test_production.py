@@ -702,3 +702,33 @@ def test_redis_down_is_a_clean_503(make_app, token_for, upstream):
     response = app.test_client().post("/chat", json=echo_body(token_for(), "x"))
     assert response.status_code == 503
     assert response.json == {"status": "error", "msg": "service temporarily unavailable"}
+
+
+def test_a_recycled_worker_drains_its_streams_and_is_replaced(
+    tmp_path, launch, upstream, token_for
+):
+    """MAX_REQUESTS reached: the worker stops accepting, its stream runs on and is ended
+    by the drain before gunicorn's deadline, and a new worker serves the next requests."""
+    env = site_env(
+        tmp_path,
+        [{"url": upstream.url, "max_concurrent": 4}],
+        GRACEFUL_TIMEOUT=3,
+        MAX_REQUESTS="30",
+    )
+    token = token_for()
+    server = launch(env, token)
+    (worker,) = server.worker_pids()
+    opened = Stream(server.url, slow_body(token_for(), delay=0.05, repeat=100))  # 20 s
+    with requests.Session() as session:  # one connection: the old worker's until it stops
+        while "Autorestarting worker" not in server.log(10**6):
+            session.post(f"{server.url}/settings", json={"token": token}, timeout=TIMEOUT)
+    assert wait_until(lambda: "draining: 1 streams running" in server.log(10**6)), server.log()
+    last = list(opened.lines)[-1]
+    assert last == {
+        "status": "error",
+        "msg": "the server is restarting; please retry",
+        "done": True,
+    }
+    assert wait_until(lambda: server.worker_pids() not in ([], [worker]), timeout=20)
+    response = requests.post(f"{server.url}/settings", json={"token": token}, timeout=TIMEOUT)
+    assert response.status_code == 200
