@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test lint serve bench clean
+.PHONY: venv run test lint serve bench real-model clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ serve: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/search.py  # /search-chats p95 (PostgreSQL with CHATSITE_TEST_DATABASE_URL)
+
+# llama-cpp-python's server and SmolLM2-135M, for tests/test_real_model.py (skipped without
+# them). The first time compiles llama.cpp (about 4 minutes); the wheel is cached after that.
+real-model: venv
+	.ci/install-real-model
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

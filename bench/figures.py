@@ -22,8 +22,12 @@ from processes import BenchError, Processes, open_fds, progress
 from services import MESSAGES, Chatsite, Floor, post_json
 
 SLOW_RATE = 50  # tokens/s of the slow model (the upstream's default)
-TARGETS = ("chatsite", "floor", "direct")
-RELAYS = ("chatsite", "floor")  # the targets that have a worker process to measure
+# chatsite relaying the upstream's Ollama API, chatsite relaying its OpenAI API (an "openai"
+# instance), the gevent floor, and the client talking to the upstream's Ollama API directly.
+TARGETS = ("chatsite", "openai", "floor", "direct")
+CHATSITES = ("chatsite", "openai")  # the targets that are chatsite
+RELAYS = ("chatsite", "openai", "floor")  # the targets that have a worker process to measure
+ONLY_OLLAMA = ("openai", "floor")  # not in figure 3's deployed row and figure 4
 TTFB_TOKENS = 10  # figure 1: tokens per request
 READ_BATCH_MS = 1  # figure 2: the load client reads in 1 ms batches (see bench/load.py)
 
@@ -127,10 +131,11 @@ class Bench:
         upstream_pid: int,
         chatsite: Chatsite | None,
         floor: Floor | None = None,
+        openai: Chatsite | None = None,
     ) -> None:
         self.args = args
         self.started = time.monotonic()
-        self.budget = float(getattr(args, "budget", 210))
+        self.budget = float(getattr(args, "budget", 170))
         self.skipped: list[str] = []
         self.plan = plan
         self.procs = procs
@@ -138,12 +143,14 @@ class Bench:
         self.upstream_pid = upstream_pid
         self.chatsite = chatsite
         self.floor = floor
+        self.openai = openai  # chatsite with the upstream as an OpenAI API instance
         self.chat_ok = False
+        self.openai_ok = False
         self.rows: dict[str, Row] = {}
         self.runs: list[dict[str, Any]] = []
         self.samples: list[str] = []
         self.tokens: list[str] = []
-        self.fd_baseline = 0
+        self.fd_baseline = {"chatsite": 0, "openai": 0}
 
     # helpers
 
@@ -159,9 +166,17 @@ class Bench:
             yield rep
 
     def targets(self) -> list[str]:
-        return [
-            t for t in TARGETS if (t != "chatsite" or self.chat_ok) and (t != "floor" or self.floor)
-        ]
+        present = {
+            "chatsite": self.chat_ok,
+            "openai": self.openai_ok,
+            "floor": self.floor is not None,
+            "direct": True,
+        }
+        return [t for t in TARGETS if present[t]]
+
+    def server(self, target: str) -> Chatsite:
+        """The chatsite of a target: relaying the upstream's Ollama API, or its OpenAI API."""
+        return self.openai if target == "openai" else self.chatsite
 
     def row(self, key: str, label: str, unit: str, best: str, na: tuple[str, ...] = ()) -> Row:
         if key not in self.rows:
@@ -173,7 +188,7 @@ class Bench:
             return f"http://127.0.0.1:{self.upstream_port}/api/chat"
         if target == "floor":
             return f"http://127.0.0.1:{self.floor.port}{path}"
-        return f"http://127.0.0.1:{self.chatsite.port}{path}"
+        return f"http://127.0.0.1:{self.server(target).port}{path}"
 
     def bodies(self, target: str, model: str, tokens: int, streams: int) -> list[Any]:
         """Request bodies: one per user for chatsite (one stream per user), one for direct."""
@@ -189,7 +204,7 @@ class Bench:
 
     def probe(self, target: str, rss: bool = False) -> Probe:
         pids = {"upstream": self.upstream_pid}
-        worker = {"chatsite": self.chatsite, "floor": self.floor}.get(target)
+        worker = {"chatsite": self.chatsite, "openai": self.openai, "floor": self.floor}.get(target)
         if worker is not None:
             pids["worker"] = worker.worker
         return Probe(pids, worker.worker if rss and worker is not None else None)
@@ -225,21 +240,29 @@ class Bench:
         self.runs.append(summary)
         for sample in result.samples[:3]:
             self.samples.append(f"{figure} {target} c={concurrency}: {sample}")
-        if target == "chatsite" and settle:
-            self.chatsite.check_worker()
-            self.chatsite.settle(self.fd_baseline)
+        if target in CHATSITES and settle:
+            self.server(target).check_worker()
+            self.server(target).settle(self.fd_baseline[target])
         return result
 
     # set-up
 
     def prepare_chatsite(self) -> None:
-        """Check /chat, mint one token per user and create the users' records up front."""
+        """Check /chat, mint one token per user and create the users' records up front.
+
+        The OpenAI chatsite shares the database and the secret: the same users serve both.
+        """
         status = self.chatsite.probe_chat()
         self.chat_status = status
         self.chat_ok = bool(status["ok"])
         progress(
             f"POST /chat check: {'works' if self.chat_ok else 'NOT WORKING'}: {status['detail']}"
         )
+        if self.openai:
+            self.openai_status = self.openai.probe_chat()
+            self.openai_ok = bool(self.openai_status["ok"])
+            works = "works" if self.openai_ok else "NOT WORKING"
+            progress(f"POST /chat check, OpenAI instance: {works}: {self.openai_status['detail']}")
         users = max(
             [
                 *self.plan.slow_streams,
@@ -259,29 +282,31 @@ class Bench:
         )
         if len(result.ok) != len(self.tokens):
             raise BenchError(f"creating users via /settings failed: {result.samples[:3]}")
-        self.chatsite.settle(10_000)
-        self.fd_baseline = open_fds(self.chatsite.worker)
+        for target in CHATSITES:
+            if self.server(target) is not None:
+                self.server(target).settle(10_000)
+                self.fd_baseline[target] = open_fds(self.server(target).worker)
 
-    def fresh_worker(self) -> None:
-        """Restart chatsite and warm it up, so that RSS "before" is a clean baseline."""
-        self.chatsite.restart()
+    def fresh_worker(self, target: str) -> None:
+        """Restart a chatsite and warm it up, so that RSS "before" is a clean baseline."""
+        self.server(target).restart()
         self.load(
             "warmup",
-            "chatsite",
-            self.url("chatsite"),
-            self.bodies("chatsite", "fast", 10, 10),
+            target,
+            self.url(target),
+            self.bodies(target, "fast", 10, 10),
             10,
             requests=50,
         )
         self.load(
             "warmup",
-            "chatsite",
-            self.url("chatsite"),
-            self.bodies("chatsite", "slow", 5, 10),
+            target,
+            self.url(target),
+            self.bodies(target, "slow", 5, 10),
             10,
             requests=10,
         )
-        self.fd_baseline = open_fds(self.chatsite.worker)
+        self.fd_baseline[target] = open_fds(self.server(target).worker)
 
     # figure 1
 
@@ -327,7 +352,7 @@ class Bench:
 
     def calibrate(self, target: str) -> float:
         """Chunks/s of one stream, to size the figure-2 runs to ~stream_seconds."""
-        tokens = {"chatsite": 3000, "floor": 30_000}.get(target, 300_000)
+        tokens = {"chatsite": 3000, "openai": 3000, "floor": 30_000}.get(target, 300_000)
         result = self.load(
             "2-calibrate",
             target,
@@ -425,8 +450,8 @@ class Bench:
                     na=("direct",),
                 )
                 for target in self.targets():
-                    if target == "chatsite":
-                        self.fresh_worker()
+                    if target in CHATSITES:
+                        self.fresh_worker(target)
                     elif target == "floor":
                         self.floor.restart()
                     result = self.load(
@@ -479,7 +504,7 @@ class Bench:
             ),
         }
         for row in rows.values():
-            row.na = (*row.na, "floor")
+            row.na = (*row.na, *ONLY_OLLAMA)
         try:
             for target in ("chatsite", "direct"):
                 if target == "chatsite":  # warm every worker up a little
@@ -553,14 +578,14 @@ class Bench:
                     f"4. {path} req/s, {clients} clients",
                     "/s",
                     "max",
-                    na=("floor", "direct"),
+                    na=(*ONLY_OLLAMA, "direct"),
                 )
                 cpu = self.row(
                     f"rps_cpu_{path}",
                     f"4. {path} worker CPU per request",
                     "ms",
                     "min",
-                    na=("floor", "direct"),
+                    na=(*ONLY_OLLAMA, "direct"),
                 )
                 result = self.load(
                     "4",

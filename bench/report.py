@@ -37,7 +37,7 @@ def fmt(value: float | None, unit: str) -> str:
 def table(bench: Bench, notes: Iterable[str]) -> str:
     """The results table (best of the repetitions) and the environment line."""
     lines = []
-    header = ("figure", *TARGETS, "/floor", "/direct")
+    header = ("figure", *TARGETS, "/floor", "/direct", "openai/ollama")
     body = []
     for row in bench.rows.values():
         values = {t: row.reduced(t) for t in TARGETS}
@@ -45,10 +45,10 @@ def table(bench: Bench, notes: Iterable[str]) -> str:
             ("N/A" if t in row.na else fmt(values[t], row.unit)) + row.bad_note(t) for t in TARGETS
         ]
         ratios = []
-        for other in ("floor", "direct"):
-            ours, theirs = values["chatsite"], values[other]
-            ok = other not in row.na and ours is not None and theirs
-            ratios.append(f"{ours / theirs:.2f}" if ok else "N/A")
+        for ours, theirs in (("chatsite", "floor"), ("chatsite", "direct"), ("openai", "chatsite")):
+            mine, other = values[ours], values[theirs]
+            ok = not {ours, theirs} & set(row.na) and mine is not None and other
+            ratios.append(f"{mine / other:.2f}" if ok else "N/A")
         body.append((row.label, *cells, *ratios))
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
@@ -65,7 +65,8 @@ def table(bench: Bench, notes: Iterable[str]) -> str:
     lines.append(
         f"best of up to {bench.plan.reps} run(s) each, among those with the fewest "
         f"failures (lowest latency/CPU, highest rate/share/RSS); "
-        f"/floor, /direct = chatsite / floor, chatsite / direct"
+        f"/floor, /direct = chatsite / floor, chatsite / direct; openai = chatsite relaying "
+        f"the upstream's OpenAI API (SSE), openai/ollama = openai / chatsite"
     )
     lines.append(
         "chunks/s = NDJSON lines received / (last response end - first request sent); "
@@ -109,6 +110,7 @@ def write_json(bench: Bench, args: argparse.Namespace, notes: list[str], seconds
         "plan": bench.plan.__dict__,
         "seconds": round(seconds, 1),
         "chat_status": getattr(bench, "chat_status", None),
+        "openai_chat_status": getattr(bench, "openai_status", None),
         "notes": notes,
         "table": {
             key: {

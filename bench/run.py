@@ -1,8 +1,9 @@
 """Benchmark driver: what chatsite costs per streamed token, compared with the direct path.
 
 It starts everything it needs (the fast upstream ``bench/upstream.py``, chatsite under gunicorn
-with one gevent worker, and ``bench/load.py`` load clients), measures four figures for
-chatsite and for the direct path (client straight to the upstream), prints one table with the
+with one gevent worker relaying the upstream's Ollama API, its twin relaying the upstream's
+OpenAI API, the gevent floor, and ``bench/load.py`` load clients), measures four figures for
+them and for the direct path (client straight to the upstream), prints one table with the
 ratios, writes ``bench/last-results.json``, and stops every process it started, also on Ctrl-C
 or on an error. See ``bench/README.md`` for the definitions.
 
@@ -46,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-floor", action="store_true", help="do not run the gevent floor (bench/floor.py)"
     )
     parser.add_argument(
+        "--no-openai",
+        action="store_true",
+        help="do not run chatsite relaying the upstream's OpenAI API (the openai column)",
+    )
+    parser.add_argument(
         "--no-deployed",
         action="store_true",
         help="skip figure 3's deployed row (gunicorn.conf.py's workers, 2,000 streams)",
@@ -62,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget",
         type=float,
-        default=210,
+        default=170,
         help="seconds after which repetitions beyond the 2nd are skipped",
     )
     args = parser.parse_args(argv)
@@ -90,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     tmpdir = Path(tempfile.mkdtemp(prefix="chatsite-bench-"))
     procs = Processes()
     chatsite = None
+    openai = None
     notes: list[str] = []
     code = 0
     try:
@@ -107,13 +114,25 @@ def main(argv: list[str] | None = None) -> int:
             notes += [f"extra setting: {key}={value}" for key, value in extra.items()]
             chatsite.start()
             progress(f"chatsite on 127.0.0.1:{chatsite.port} (worker pid {chatsite.worker})")
-        bench = Bench(args, plan, procs, upstream_port, upstream_pid, chatsite, floor)
+            if not args.no_openai:
+                openai = chatsite.openai_twin(upstream_port)
+                openai.launch()
+                progress(
+                    f"chatsite relaying the OpenAI API on 127.0.0.1:{openai.port} "
+                    f"(worker pid {openai.worker})"
+                )
+        bench = Bench(args, plan, procs, upstream_port, upstream_pid, chatsite, floor, openai)
         if chatsite:
             bench.prepare_chatsite()
             if not bench.chat_ok:
                 notes.append(
                     f"chatsite /chat not working, streaming figures are direct only: "
                     f"{bench.chat_status['detail']}"
+                )
+            if openai and not bench.openai_ok:
+                notes.append(
+                    f"chatsite /chat through the OpenAI API not working, no openai column: "
+                    f"{bench.openai_status['detail']}"
                 )
         runners: dict[int, Callable[[], None]] = {
             1: bench.figure1,
@@ -128,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"STOPPED EARLY: {error}")
             code = 1
         notes += bench.skipped
-        if chatsite:
-            notes += chatsite.notes
+        for server in (chatsite, openai):
+            if server:
+                notes += server.notes
         notes += busy_warnings(bench.runs)
         notes += [f"error sample: {s}" for s in dict.fromkeys(bench.samples[:20])][:6]
         seconds = time.monotonic() - started

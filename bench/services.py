@@ -2,7 +2,9 @@
 
 ``start_upstream`` runs ``bench/upstream.py``; ``Chatsite`` runs ``flask init-db`` and then
 gunicorn with one gevent worker in a temp directory, knows its worker's pid (whose CPU and RSS
-the figures measure), mints its JWTs, restarts it and checks that ``POST /chat`` streams.
+the figures measure), mints its JWTs, restarts it and checks that ``POST /chat`` streams. Its
+twins share its database and users: as deployed (``gunicorn.conf.py``'s workers), and with the
+upstream configured as an OpenAI API instance (``"api": "openai"``, the URL ending in ``/v1``).
 """
 
 from __future__ import annotations
@@ -94,6 +96,14 @@ class Floor:
         self.start()
 
 
+def instances(upstream_port: int, api: str) -> str:
+    """CHAT_INSTANCES: the upstream as an Ollama instance, or as an OpenAI API one."""
+    if api == "openai":
+        url = f"http://127.0.0.1:{upstream_port}/v1"
+        return json.dumps([{"url": url, "max_concurrent": 5000, "api": "openai"}])
+    return json.dumps([{"url": f"http://127.0.0.1:{upstream_port}", "max_concurrent": 5000}])
+
+
 class Chatsite:
     """chatsite under gunicorn with ONE gevent worker (or as deployed), in a temp directory."""
 
@@ -104,13 +114,18 @@ class Chatsite:
         upstream_port: int,
         extra_env: dict[str, str] | None = None,
         deployed: bool = False,
+        api: str = "ollama",
     ) -> None:
         self.procs = procs
         self.deployed = deployed  # gunicorn.conf.py's own workers and worker_connections
         self.tmpdir = tmpdir
         self.secret = secrets.token_urlsafe(36)  # 48 characters
         self.port = free_port()
-        self.log_path = tmpdir / ("gunicorn-deployed.log" if deployed else "gunicorn.log")
+        # gunicorn's log and control socket, named apart for each twin
+        self.name = (
+            "gunicorn-deployed" if deployed else {"openai": "gunicorn-openai"}.get(api, "gunicorn")
+        )
+        self.log_path = tmpdir / f"{self.name}.log"
         self.master: subprocess.Popen | None = None
         self.worker = 0
         self.notes: list[str] = []
@@ -118,9 +133,7 @@ class Chatsite:
         self.env.update(
             {
                 "CHATSITE_JWT_SECRET": self.secret,
-                "CHATSITE_CHAT_INSTANCES": json.dumps(
-                    [{"url": f"http://127.0.0.1:{upstream_port}", "max_concurrent": 5000}]
-                ),
+                "CHATSITE_CHAT_INSTANCES": instances(upstream_port, api),
                 "CHATSITE_INSTANCE_WAIT_TIMEOUT": "30",
                 "CHATSITE_DATABASE_URL": f"sqlite:///{tmpdir / 'bench.db'}",
                 "CHATSITE_CHAT_DIR": str(tmpdir / "chats"),
@@ -139,7 +152,7 @@ class Chatsite:
             args += ["-k", "gevent", "-w", "1", "--worker-connections", "2000"]
         # gunicorn >= 24 opens a control socket in ~/.gunicorn by default, shared with any
         # other gunicorn of this user: keep ours in the temp dir.
-        control = self.tmpdir / ("gunicorn-deployed.ctl" if self.deployed else "gunicorn.ctl")
+        control = self.tmpdir / f"{self.name}.ctl"
         return [*args, "-b", f"127.0.0.1:{self.port}", "--control-socket", str(control), "wsgi:app"]
 
     def token(self, subject: str | None = None) -> str:
@@ -164,6 +177,14 @@ class Chatsite:
         same database, chats, locks and secret, on another port; not started."""
         twin = Chatsite(self.procs, self.tmpdir, 0, deployed=True)
         twin.secret, twin.env = self.secret, dict(self.env)
+        return twin
+
+    def openai_twin(self, upstream_port: int) -> Chatsite:
+        """chatsite (one worker) on the same database, chats, locks and secret, relaying the
+        upstream's OpenAI API; not started."""
+        twin = Chatsite(self.procs, self.tmpdir, upstream_port, api="openai")
+        twin.secret = self.secret
+        twin.env = {**self.env, "CHATSITE_CHAT_INSTANCES": instances(upstream_port, "openai")}
         return twin
 
     def workers(self, settle: float = 1.0, timeout: float = 30) -> list[int]:

@@ -20,6 +20,7 @@ from .auth import SignInRefused, SignInUnavailable
 from .coordination.base import CoordinationUnavailable, UserBusy
 from .llm.errors import (
     InstanceFailed,
+    InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
     QueueFull,
@@ -27,6 +28,7 @@ from .llm.errors import (
 )
 from .site import Site, current_site
 from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound, ChatStorageFull
+from .storage.search import EmptySearch
 from .storage.users import NO_USER_DATA, NoUserData, UserNotSetUp
 from .streaming.reply import ClientGone
 
@@ -83,10 +85,12 @@ DOMAIN_ERRORS: dict[type[Exception], Answer] = {
     UnknownModel: Answer(400),
     InstanceRefused: Answer(400),
     InstanceFailed: Answer(500),
+    InstanceMisconfigured: Answer(502),  # a chat server refused chatsite's own key
     ChatNotFound: Answer(404, "chat not found"),
     ChatLimitReached: Answer(400),
     ChatStorageFull: Answer(400),
     ChatNotCreated: Answer(500),
+    EmptySearch: Answer(400),
     NoUserData: Answer(500, NO_USER_DATA),  # reading or changing settings
     UserNotSetUp: Answer(400, NO_USER_DATA, status="nodata"),  # creating or generating
 }

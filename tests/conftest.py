@@ -13,7 +13,15 @@ import redis
 from playhouse.db_url import connect as connect_url
 
 from chatsite.dev.instance import DevInstance
-from tests.helpers import build_app, new_user, pg_url, sign_token, site_of
+from tests.helpers import (
+    KINDS,
+    build_app,
+    instance_entry,
+    new_user,
+    pg_url,
+    sign_token,
+    site_of,
+)
 from tests.servers import Gunicorn, ThreadedServer, need_service, wait_until
 
 PG_URL = os.environ.get("CHATSITE_TEST_DATABASE_URL")
@@ -174,6 +182,18 @@ def make_live(make_app, upstream):
 @pytest.fixture
 def live(make_live):
     return make_live()
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    """The wire protocol of the chat instance: a test using it runs for each."""
+    return request.param
+
+
+@pytest.fixture
+def kind_live(make_live, upstream, kind):
+    """`live`, its chat instance (the dev instance) speaking the wire protocol `kind`."""
+    return make_live(CHAT_INSTANCES=[instance_entry(upstream, kind)])
 
 
 @pytest.fixture

@@ -69,6 +69,12 @@ def stop_process(process, sig=signal.SIGTERM, timeout: float = 30.0) -> None:
             process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(predicate, timeout=5.0, step=0.02):
     """Poll until predicate() is true; return its last value."""
     deadline = time.monotonic() + timeout
@@ -253,6 +259,67 @@ class Nginx:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+class LlamaServer:
+    """llama-cpp-python's OpenAI-compatible server (`make real-model`) serving one GGUF file.
+
+    One thread, for the whole batch too: llama.cpp's threads wait for each other at every
+    step, which crawls on a machine whose cores other processes keep busy.
+    """
+
+    def __init__(self, model_file: Path, alias: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"  # the base URL, as OpenAI clients take it
+        self.args = [
+            sys.executable,
+            *("-m", "llama_cpp.server", "--model", str(model_file), "--model_alias", alias),
+            *("--host", "127.0.0.1", "--port", str(self.port)),
+            *("--n_threads", "1", "--n_threads_batch", "1"),
+        ]
+        self.process = None
+        self.log_file = None
+
+    def start(self, timeout: float = 120.0):
+        """Start it and wait until `GET /v1/models` answers (the model is loaded by then)."""
+        self.log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by __exit__
+        self.process = subprocess.Popen(
+            self.args, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {self.log()[-3000:]}")
+            try:
+                with requests.get(f"{self.url}/models", timeout=2) as response:
+                    if response.ok:
+                        return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not start: {self.log()[-3000:]}")
+
+    def log(self) -> str:
+        """Everything it printed (its own lines, uvicorn's access log, llama.cpp's timings)."""
+        if self.log_file is None or self.log_file.closed:
+            return ""
+        fd = self.log_file.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGINT, timeout=15)  # uvicorn stops on SIGINT
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+        if self.log_file is not None:
+            self.log_file.close()
 
 
 class RedisServer:

@@ -7,7 +7,15 @@ import pytest
 import requests
 
 from chatsite.dev.instance import MODELS, DevInstance
-from tests.helpers import chat_body, create_chat, get_chat, site_of, stream, user_is_free
+from tests.helpers import (
+    chat_body,
+    create_chat,
+    get_chat,
+    instance_entry,
+    site_of,
+    stream,
+    user_is_free,
+)
 from tests.servers import wait_until
 
 KNOWN_CAPABILITIES = {"completion", "tools", "insert", "vision", "thinking", "embedding"}
@@ -102,7 +110,9 @@ def test_instance_error_text_goes_to_the_log_not_the_client(make_live, token_for
     assert all("\n" not in message and "\\n  at llama.cpp" in message for message in logged)
 
 
-def test_an_answer_without_its_done_line_is_a_failure(live, token_for, upstream):
+def test_an_answer_without_its_done_line_is_a_failure(kind_live, token_for, upstream):
+    """Ollama's without its `done` line; the OpenAI API's without a `finish_reason`."""
+    live = kind_live
     upstream.misbehave(skip_done=True)
     token = token_for()
     chat_id = create_chat(live.url, token)
@@ -121,9 +131,10 @@ def test_an_answer_without_its_done_line_is_a_failure(live, token_for, upstream)
     assert lines[-1]["status"] == "error" and lines[-1]["done"] is True
 
 
-def test_an_answer_is_complete_at_its_done_line(make_live, token_for, upstream, user):
-    """A quiet instance that keeps the body open after `done` delays nothing."""
-    live = make_live(UPSTREAM_READ_TIMEOUT=3)
+def test_an_answer_is_complete_at_its_done_line(make_live, token_for, upstream, user, kind):
+    """A quiet instance that keeps the body open after `done` (or after the finish_reason,
+    the usage and `[DONE]`) delays nothing."""
+    live = make_live(CHAT_INSTANCES=[instance_entry(upstream, kind)], UPSTREAM_READ_TIMEOUT=3)
     upstream.misbehave(linger=60)
     token = token_for(user)
     chat_id = create_chat(live.url, token)
@@ -137,9 +148,9 @@ def test_an_answer_is_complete_at_its_done_line(make_live, token_for, upstream, 
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
 
 
-def test_a_finished_answer_that_ends_properly_is_not_cut(live, token_for, upstream):
+def test_a_finished_answer_that_ends_properly_is_not_cut(kind_live, token_for, upstream):
     for _ in range(3):
-        _, lines = stream(live.url, "/chat", chat_body(token_for(), model="echo"))
+        _, lines = stream(kind_live.url, "/chat", chat_body(token_for(), model="echo"))
         assert lines[-1]["done"] is True
     assert wait_until(lambda: upstream.stats()["completed_streams"] == 3)
     assert upstream.stats()["disconnected_streams"] == 0

@@ -14,6 +14,7 @@ from tests.helpers import (
     chat_body,
     create_chat,
     get_chat,
+    instance_entry,
     ndjson,
     new_user,
     site_of,
@@ -25,8 +26,8 @@ from tests.helpers import (
 from tests.servers import wait_until
 
 
-def test_chat_stream_shape(live, token_for):
-    response, lines = stream(live.url, "/chat", chat_body(token_for(), model="echo"))
+def test_chat_stream_shape(kind_live, token_for):
+    response, lines = stream(kind_live.url, "/chat", chat_body(token_for(), model="echo"))
     assert response.status_code == 200
     assert response.headers["X-Accel-Buffering"] == "no"
     *pieces, last = lines
@@ -35,9 +36,9 @@ def test_chat_stream_shape(live, token_for):
     assert "".join(p["msg"] for p in pieces) == last["fullMsg"]
 
 
-def test_generate_stream_shape(live, token_for):
+def test_generate_stream_shape(kind_live, token_for):
     body = {"token": token_for(), "model": "echo", "prompt": "Once upon a time"}
-    response, lines = stream(live.url, "/generate", body)
+    response, lines = stream(kind_live.url, "/generate", body)
     assert response.status_code == 200
     *pieces, last = lines
     assert all(set(p) == {"status", "response"} for p in pieces)
@@ -45,12 +46,12 @@ def test_generate_stream_shape(live, token_for):
     assert "".join(p["response"] for p in pieces) == last["finalMsg"]
 
 
-def test_fill_in_the_middle(live, token_for):
+def test_fill_in_the_middle(kind_live, token_for):
     body = {"token": token_for(), "model": "coder", "prompt": "def f(x):", "suffix": "return y"}
-    _, lines = stream(live.url, "/generate", body)
+    _, lines = stream(kind_live.url, "/generate", body)
     assert lines[-1]["finalMsg"] == "<fill between 'def f(x):' and 'return y'>"
     body["model"] = "echo"
-    response, _ = stream(live.url, "/generate", body)
+    response, _ = stream(kind_live.url, "/generate", body)
     assert response.status_code == 400
     assert "suffix" in response.json()["msg"]
 
@@ -207,17 +208,19 @@ def test_down_instance_is_skipped(make_live, token_for, upstream):
     assert "echo:latest" in names
 
 
-def test_failing_instance_is_cooled_down_and_another_used(make_live, token_for):
+@pytest.mark.parametrize("status", [503, 429])
+def test_failing_instance_is_cooled_down_and_another_used(make_live, token_for, kind, status):
     with DevInstance().start() as first, DevInstance().start() as second:
-        live = make_live(CHAT_INSTANCES=[first.url, second.url], MODELS_CACHE_SECONDS=60)
+        instances = [instance_entry(first, kind), instance_entry(second, kind)]
+        live = make_live(CHAT_INSTANCES=instances, MODELS_CACHE_SECONDS=60)
         token = token_for()
         assert requests.post(f"{live.url}/models", json={"token": token}).ok  # warm the catalog
-        first.fail_next(503, 100)
+        first.fail_next(status, 100)
         # if the failing one is tried first, the other serves; then it rests
         for _ in range(3):
             _, lines = stream(live.url, "/chat", chat_body(token_for(), model="echo"))
             assert lines[-1]["done"] is True
-        served_by_first = upstream_bodies(first)
+        served_by_first = upstream_bodies(first, kind)
         assert len(served_by_first) <= 1  # cooled down after its first failure
 
 
@@ -230,8 +233,8 @@ def test_all_instances_down_is_504(make_live, token_for):
     assert models.json() == {"status": "ok", "models": []}
 
 
-def test_upstream_error_before_stream_is_500(make_live, token_for, upstream):
-    live = make_live(MODELS_CACHE_SECONDS=60)
+def test_upstream_error_before_stream_is_500(make_live, token_for, upstream, kind):
+    live = make_live(CHAT_INSTANCES=[instance_entry(upstream, kind)], MODELS_CACHE_SECONDS=60)
     token = token_for()
     requests.post(f"{live.url}/models", json={"token": token})
     upstream.fail_next(500, 10)
@@ -241,53 +244,53 @@ def test_upstream_error_before_stream_is_500(make_live, token_for, upstream):
     assert wait_until(lambda: requests.post(f"{live.url}/settings", json={"token": token}).ok)
 
 
-def test_mid_stream_error_is_the_last_line(live, token_for):
+def test_mid_stream_error_is_the_last_line(kind_live, token_for):
     token = token_for()
-    response, lines = stream(live.url, "/chat", chat_body(token, model="broken"))
+    response, lines = stream(kind_live.url, "/chat", chat_body(token, model="broken"))
     assert response.status_code == 200
     assert len(lines) == 4
     assert lines[-1]["status"] == "error" and lines[-1]["done"] is True
     assert lines[-1]["msg"] == "chat server error"  # the instance's words go to the log
     # the user is free again at once
-    _, lines = stream(live.url, "/chat", chat_body(token, model="echo"))
+    _, lines = stream(kind_live.url, "/chat", chat_body(token, model="echo"))
     assert lines[-1]["done"] is True
 
 
-def test_client_disconnect_closes_upstream_and_frees_user(live, token_for, upstream, user):
+def test_client_disconnect_closes_upstream_and_frees_user(kind_live, token_for, upstream, user):
     token = token_for(user)
-    Stream(live.url, slow_body(token)).close()
+    Stream(kind_live.url, slow_body(token)).close()
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
     assert wait_until(lambda: upstream.stats()["active_streams"] == 0)
-    assert wait_until(lambda: user_is_free(site_of(live.app).coordinator, user))
-    _, lines = stream(live.url, "/chat", chat_body(token, model="echo"))
+    assert wait_until(lambda: user_is_free(site_of(kind_live.app).coordinator, user))
+    _, lines = stream(kind_live.url, "/chat", chat_body(token, model="echo"))
     assert lines[-1]["done"] is True
 
 
-def test_chat_file_saved_and_renamed(live, token_for):
+def test_chat_file_saved_and_renamed(kind_live, token_for):
     token = token_for()
-    chat_id = create_chat(live.url, token)
+    chat_id = create_chat(kind_live.url, token)
     body = chat_body(
         token, "What is the weather like on Mars today?", model="echo", chatfile=chat_id
     )
     body["messages"][0]["timestamp"] = "2026-01-01T00:00:00.000Z"
-    _, lines = stream(live.url, "/chat", body)
-    contents = get_chat(live.url, token, chat_id)
+    _, lines = stream(kind_live.url, "/chat", body)
+    contents = get_chat(kind_live.url, token, chat_id)
     assert [m["role"] for m in contents] == ["user", "assistant"]
     assert contents[0]["timestamp"] == "2026-01-01T00:00:00.000Z"
     assert contents[1]["content"] == lines[-1]["fullMsg"]
     assert contents[1]["timestamp"].endswith("Z")
     assert "incomplete" not in contents[1]
-    files = requests.post(f"{live.url}/settings", json={"token": token}).json()["chat_files"][
+    files = requests.post(f"{kind_live.url}/settings", json={"token": token}).json()["chat_files"][
         "files"
     ]
     assert files == [{"id": chat_id, "name": "What is the weather like on Mars today?"}]
     # the saved history can be sent back as it is
     history = [*contents, {"role": "user", "content": "And tomorrow?"}]
     body = {"token": token, "model": "echo", "messages": history, "chatfile": chat_id}
-    _, lines = stream(live.url, "/chat", body)
-    contents = get_chat(live.url, token, chat_id)
+    _, lines = stream(kind_live.url, "/chat", body)
+    contents = get_chat(kind_live.url, token, chat_id)
     assert len(contents) == 4 and contents[3]["content"] == "You said: And tomorrow?"
-    files = requests.post(f"{live.url}/settings", json={"token": token}).json()["chat_files"][
+    files = requests.post(f"{kind_live.url}/settings", json={"token": token}).json()["chat_files"][
         "files"
     ]
     assert files[0]["name"] == "What is the weather like on Mars today?"  # renamed only once
@@ -303,21 +306,21 @@ def test_another_users_chatfile_is_404_before_streaming(live, token_for, upstrea
     assert upstream.stats()["requests"] == 0
 
 
-def test_partial_reply_saved_as_incomplete_on_upstream_error(live, token_for):
+def test_partial_reply_saved_as_incomplete_on_upstream_error(kind_live, token_for):
     token = token_for()
-    chat_id = create_chat(live.url, token)
-    stream(live.url, "/chat", chat_body(token, "boom", model="broken", chatfile=chat_id))
-    contents = get_chat(live.url, token, chat_id)
+    chat_id = create_chat(kind_live.url, token)
+    stream(kind_live.url, "/chat", chat_body(token, "boom", model="broken", chatfile=chat_id))
+    contents = get_chat(kind_live.url, token, chat_id)
     assert contents[-1]["incomplete"] is True
     assert contents[-1]["content"].startswith("You said:")
 
 
-def test_partial_reply_saved_as_incomplete_on_disconnect(live, token_for, upstream, user):
+def test_partial_reply_saved_as_incomplete_on_disconnect(kind_live, token_for, upstream, user):
     token = token_for(user)
-    chat_id = create_chat(live.url, token)
-    Stream(live.url, slow_body(token, chatfile=chat_id)).close()
-    assert wait_until(lambda: user_is_free(site_of(live.app).coordinator, user))
-    contents = get_chat(live.url, token, chat_id)
+    chat_id = create_chat(kind_live.url, token)
+    Stream(kind_live.url, slow_body(token, chatfile=chat_id)).close()
+    assert wait_until(lambda: user_is_free(site_of(kind_live.app).coordinator, user))
+    contents = get_chat(kind_live.url, token, chat_id)
     assert contents[-1]["role"] == "assistant"
     assert contents[-1]["incomplete"] is True
     assert contents[-1]["content"].startswith("You ")

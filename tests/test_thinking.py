@@ -3,21 +3,53 @@ client that leaves while the model thinks stops it (gunicorn with gevent workers
 
 import json
 
+import pytest
 import requests
 
 from chatsite.dev.instance import thinking_for
-from tests.helpers import chat_body, create_chat, get_chat, site_env, stream
+from tests.helpers import (
+    CHAT_PATHS,
+    chat_body,
+    create_chat,
+    get_chat,
+    instance_entry,
+    site_env,
+    stream,
+)
 from tests.servers import wait_until
 
 ECHOED = {"status": "ok", "msg": "", "fullMsg": "You said: hello there", "done": True}
 THOUGHT = thinking_for([{"role": "user", "content": "hello there"}])
 
 
-def sent_to_instance(upstream):
-    return [r["body"] for r in upstream.requests() if r["path"] == "/api/chat"][-1]
+# Where OpenAI API servers put reasoning (the dev instance's `reasoning_field`).
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 
 
-def test_thinking_is_relayed_before_the_reply(live, token_for, upstream):
+def sent_to_instance(upstream, kind="ollama"):
+    return [r["body"] for r in upstream.requests() if r["path"] == CHAT_PATHS[kind]][-1]
+
+
+def think_sent(body, kind):
+    """The thinking switch the instance was sent: Ollama's `think`, or vLLM's template one."""
+    if kind == "openai":
+        return body.get("chat_template_kwargs", {}).get("enable_thinking")
+    return body.get("think")
+
+
+@pytest.fixture(params=[("ollama", None), *(("openai", name) for name in REASONING_FIELDS)])
+def thinking_live(request, make_live, upstream):
+    """A live app whose instance speaks each kind, and each reasoning field of OpenAI's."""
+    kind, field = request.param
+    if field is not None:
+        upstream.misbehave(reasoning_field=field)
+    live = make_live(CHAT_INSTANCES=[instance_entry(upstream, kind)])
+    live.kind = kind
+    return live
+
+
+def test_thinking_is_relayed_before_the_reply(thinking_live, token_for, upstream):
+    live = thinking_live
     response, lines = stream(live.url, "/chat", chat_body(token_for(), model="thinker"))
     assert response.status_code == 200
     thinking = [i for i, line in enumerate(lines) if "thinking" in line]
@@ -30,16 +62,17 @@ def test_thinking_is_relayed_before_the_reply(live, token_for, upstream):
     assert "".join(lines[i]["thinking"] for i in thinking) == THOUGHT
     # thinking is not part of the reply
     assert lines[-1] == ECHOED
-    assert "think" not in sent_to_instance(upstream)  # the model's own default
+    assert think_sent(sent_to_instance(upstream, live.kind), live.kind) is None  # its default
 
 
-def test_think_passes_through(live, token_for, upstream):
+def test_think_passes_through(kind_live, token_for, upstream, kind):
+    live = kind_live
     _, lines = stream(live.url, "/chat", chat_body(token_for(), model="thinker", think=False))
-    assert sent_to_instance(upstream)["think"] is False
+    assert think_sent(sent_to_instance(upstream, kind), kind) is False
     assert not any("thinking" in line for line in lines)
     assert lines[-1]["fullMsg"] == "You said: hello there"
     _, lines = stream(live.url, "/chat", chat_body(token_for(), model="thinker", think=True))
-    assert sent_to_instance(upstream)["think"] is True
+    assert think_sent(sent_to_instance(upstream, kind), kind) is True
     assert "".join(line.get("thinking", "") for line in lines) == THOUGHT
 
 
@@ -59,7 +92,8 @@ def test_think_must_be_a_boolean_for_a_model_that_thinks(live, token_for, upstre
     assert "think" not in sent_to_instance(upstream)
 
 
-def test_thinking_is_saved_and_sent_back(live, token_for, upstream):
+def test_thinking_is_saved_and_sent_back(thinking_live, token_for, upstream):
+    live, kind = thinking_live, thinking_live.kind
     token = token_for()
     chat_id = create_chat(live.url, token)
     stream(live.url, "/chat", chat_body(token, model="thinker", chatfile=chat_id))
@@ -71,16 +105,20 @@ def test_thinking_is_saved_and_sent_back(live, token_for, upstream):
     body = {"token": token, "model": "thinker", "messages": history, "chatfile": chat_id}
     response, lines = stream(live.url, "/chat", body)
     assert response.status_code == 200 and lines[-1]["done"] is True
-    assert sent_to_instance(upstream)["messages"][1] == {
+    # The OpenAI API takes no reasoning back (chat templates drop it): the text alone.
+    thought = {"thinking": THOUGHT} if kind == "ollama" else {}
+    assert sent_to_instance(upstream, kind)["messages"][1] == {
         "role": "assistant",
         "content": "You said: hello there",
-        "thinking": THOUGHT,
+        **thought,
     }
 
 
-def test_a_client_leaving_while_the_model_thinks_stops_it(launch, upstream, token_for, tmp_path):
+def test_a_client_leaving_while_the_model_thinks_stops_it(
+    launch, upstream, token_for, tmp_path, kind
+):
     token = token_for()
-    server = launch(site_env(tmp_path, [upstream.url]), token)
+    server = launch(site_env(tmp_path, [instance_entry(upstream, kind)]), token)
     slow = {"dev_token_delay": 0.05, "dev_repeat": 200}  # minutes of thinking
     body = chat_body(token, model="thinker", options=slow)
     response = requests.post(f"{server.url}/chat", json=body, stream=True, timeout=10)

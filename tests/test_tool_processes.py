@@ -5,7 +5,6 @@ tests find them in /proc.
 """
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tests.helpers import (
     unanswered_tool_calls,
     user_is_free,
 )
-from tests.servers import wait_until
+from tests.servers import cpu_seconds, wait_until
 
 
 def tool_processes(worker: int) -> list[int]:
@@ -36,12 +35,6 @@ def cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads included."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def running(pid: int) -> bool:

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from chatsite.llm.client import OllamaClient
+from chatsite.llm.client import InstanceClient
 from chatsite.llm.errors import InstanceError
 
 
@@ -68,7 +68,7 @@ def scripted():
 
 def open_stream(scripted, pieces, framing="chunked", max_line=1024):
     scripted.bodies.append((framing, pieces))
-    client = OllamaClient(scripted.url, read_timeout=5, max_line=max_line)
+    client = InstanceClient(scripted.url, read_timeout=5, max_line=max_line)
     return client, client.stream("/api/chat", {"model": "m", "messages": []})
 
 
@@ -136,7 +136,7 @@ def test_a_body_cut_short_is_a_connection_failure():
 
     threading.Thread(target=serve, daemon=True).start()
     try:
-        stream = OllamaClient(f"http://127.0.0.1:{port}", read_timeout=5).stream(
+        stream = InstanceClient(f"http://127.0.0.1:{port}", read_timeout=5).stream(
             "/api/chat", {"model": "m", "messages": []}
         )
         lines = iter(stream)

@@ -14,7 +14,7 @@ from flask import Response, request
 from ..coordination import Lease
 from ..coordination.base import UserBusy
 from ..errors import ApiError
-from ..llm.errors import NoInstanceAvailable, UnknownModel
+from ..llm.errors import UNAUTHORIZED, InstanceMisconfigured, NoInstanceAvailable, UnknownModel
 from ..site import Site
 from ..storage.database import db
 from ..storage.tables import User
@@ -22,21 +22,45 @@ from ..streaming.reply import StreamedReply, ndjson_response
 
 
 def choose_model(site: Site, requested: str | None, user: User) -> tuple[str, set[str]]:
-    """Return the model to use (the request's, else the user's) and its capabilities."""
-    model = requested or user.preferred_model
-    if not model:
+    """Return the model to use (the request's, else the user's) and its capabilities.
+
+    The model is named as the catalog lists it (`echo` is `echo:latest` on Ollama).
+    """
+    wanted = requested or user.preferred_model
+    if not wanted:
         raise ApiError(400, "model: no model given and no preferred model set")
-    capabilities = site.catalog.capabilities(model)
-    if capabilities is None:
+    model = site.catalog.resolve(wanted)
+    capabilities = None if model is None else site.catalog.capabilities(model)
+    if model is None or capabilities is None:
         if not site.catalog.reachable():
+            if site.catalog.key_refused():  # the operator's to mend: say so
+                raise InstanceMisconfigured(UNAUTHORIZED)
             raise NoInstanceAvailable()
-        raise UnknownModel(f"model: unknown model {model!r}")
+        raise UnknownModel(f"model: unknown model {wanted!r}")
     return model, capabilities
 
 
-def lock_user(site: Site, user_id: str) -> Lease:
-    """Take the user's lock, or fail at once with UserBusy, before any waiting."""
-    lease = site.coordinator.try_lock_user(user_id)
+def check_options(site: Site, model: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options, unless one of them cannot reach an instance serving the model (400).
+
+    An option has no equivalent on every wire (`mirostat` on the OpenAI API): it is
+    refused rather than dropped, so a client never believes a setting was used.
+    """
+    unsupported = site.catalog.unsupported_options(model, options)
+    if unsupported:
+        name = unsupported[0]
+        raise ApiError(
+            400, f"options.{name}: not supported for model {model!r} (its chat server has none)"
+        )
+    return options
+
+
+def lock_user(site: Site, user_id: str, chat_id: str | None = None) -> Lease:
+    """Take the user's lock, or fail at once with UserBusy, before any waiting.
+
+    `chat_id`, the chat the request writes, is "generating" while the lock is held.
+    """
+    lease = site.coordinator.try_lock_user(user_id, chat_id)
     if lease is None:
         raise UserBusy()
     return lease

@@ -3,11 +3,11 @@
 from flask import Blueprint
 
 from ..errors import ApiError
-from ..llm.payloads import generate_payload
+from ..llm.protocols.base import CompletionRequest
 from ..site import current_site
 from ..streaming.completion import GenerateReply
 from .body import authenticated, user_to_serve
-from .gate import choose_model, lock_user, start_reply
+from .gate import check_options, choose_model, lock_user, start_reply
 from .schemas import GenerateSchema
 
 bp = Blueprint("generate", __name__)
@@ -21,7 +21,8 @@ def generate():
     model, capabilities = choose_model(site, data.get("model"), user)
     if "suffix" in data and "insert" not in capabilities:
         raise ApiError(400, f"suffix: model {model!r} does not support fill-in-the-middle")
-    payload = generate_payload(model, data["prompt"], data.get("suffix"), data.get("options"))
+    options = check_options(site, model, data["options"])
+    request = CompletionRequest(model, data["prompt"], data.get("suffix"), options)
     user_lease = lock_user(site, user_id)
-    reply = GenerateReply(site.pool.admit(model, "/api/generate", payload), user_lease)
+    reply = GenerateReply(site.pool.admit(request), user_lease)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))

@@ -20,13 +20,26 @@ from pathlib import Path
 from .. import create_app, defaults
 from ..site import Site
 from ..storage.tables import create_tables
-from .instance import KNOBS
+from .instance import KNOBS, MODELS
 from .ports import free_port
 
 log = logging.getLogger(__name__)
 
 DEV_ORIGINS = '["http://localhost:*", "http://127.0.0.1:*"]'
 OLLAMA_DEFAULT = ("127.0.0.1", 11434)
+
+
+def dev_instances(port: int) -> list:
+    """The dev instance as CHAT_INSTANCES: Ollama's API, or with `DEV_API=openai` the
+    OpenAI API (its /v1, capabilities given as an operator gives them), or `both`."""
+    ollama = f"http://127.0.0.1:{port}"
+    openai = {
+        "url": f"{ollama}/v1",
+        "api": "openai",
+        "models": {model.bare_name: list(model.capabilities) for model in MODELS.values()},
+    }
+    kind = os.environ.get("DEV_API", "ollama")
+    return {"openai": [openai], "both": [ollama, openai]}.get(kind, [ollama])
 
 
 def keep_file(path: Path, make: callable) -> str:
@@ -66,7 +79,7 @@ def main() -> None:
         dev_instance = subprocess.Popen(
             [sys.executable, "-m", "chatsite.dev.instance", "--port", str(port)]
         )
-        os.environ["CHATSITE_CHAT_INSTANCES"] = f'["http://127.0.0.1:{port}"]'
+        os.environ["CHATSITE_CHAT_INSTANCES"] = json.dumps(dev_instances(port))
         # Its knobs for long streams (dev_token_delay, dev_repeat) pass the options allowlist.
         os.environ.setdefault("CHATSITE_ALLOWED_OPTIONS", json.dumps(KNOBS))
         print(f"No chat instance configured: started the dev instance on port {port}.")

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import OllamaClient
-from .errors import INVALID_ANSWER, InstanceError
+from .client import InstanceClient, InstanceStream
+from .errors import InstanceError
+from .protocols.base import ChatRequest, CompletionRequest, WireProtocol
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +21,23 @@ class Instance:
 
     url: str
     max_concurrent: int
-    client: OllamaClient
+    client: InstanceClient
+    protocol: WireProtocol
     cool_until: float = 0.0
     reachable: bool = False
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)
-    loaded: set[str] = field(default_factory=set)  # in memory (/api/ps): no load time
+    refused_key: bool = False  # it answered, refusing chatsite's key (401, 403)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # by model_key
+    loaded: set[str] = field(default_factory=set)  # model keys in memory: no load time
+
+    def start(self, request: ChatRequest | CompletionRequest) -> InstanceStream:
+        """Send the request in this instance's wire protocol; its answer streams."""
+        listed = self.models.get(model_key(request.model))
+        model = listed["name"] if listed else request.model  # as this instance names it
+        if isinstance(request, ChatRequest):
+            prepared = self.protocol.chat(request, model)
+        else:
+            prepared = self.protocol.completion(request, model)
+        return self.client.stream(prepared.path, prepared.body, prepared.decode)
 
     def cooling(self, now: float | None = None) -> bool:
         """Tell whether the instance is resting after a failure."""
@@ -36,98 +49,13 @@ class Instance:
         self.cool_until = time.monotonic() + seconds
 
 
-def normalize_model(name: str) -> str:
-    """Give an untagged model name Ollama's implicit `:latest` tag."""
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+def model_key(name: str) -> str:
+    """What identifies a model across instances: its name less Ollama's implicit `:latest`.
 
-
-def parse_instances(value: Any) -> list[tuple[str, int]]:
-    """Read CHAT_INSTANCES: a list of URLs or of `{"url", "max_concurrent"}`."""
-    if isinstance(value, (str, dict)):
-        value = [value]
-    parsed = []
-    for item in value or []:
-        if isinstance(item, str):
-            url, capacity = item, 1
-        elif isinstance(item, dict) and isinstance(item.get("url"), str):
-            url, capacity = item["url"], item.get("max_concurrent", 1)
-        else:
-            raise ValueError(f"CHATSITE_CHAT_INSTANCES: bad entry {item!r}")
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"CHATSITE_CHAT_INSTANCES: {url!r} is not an http(s) URL")
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            raise ValueError(f"CHATSITE_CHAT_INSTANCES: bad max_concurrent for {url}")
-        parsed.append((url.rstrip("/"), capacity))
-    return parsed
-
-
-# What /api/show may report; other words (from a newer server) are left out.
-KNOWN_CAPABILITIES = frozenset({"completion", "tools", "insert", "vision", "thinking", "embedding"})
-MAX_MODEL_NAME_CHARS = 200
-
-
-def nonsense(what: str) -> InstanceError:
-    """An answer that is not the Ollama shape: the instance is left out, like one down."""
-    return InstanceError(INVALID_ANSWER, retryable=True, detail=what)
-
-
-def _typed(value: Any, kind: type, default: Any, what: str) -> Any:
-    """`value` if of `kind` (bools are no numbers), `default` if absent, else nonsense."""
-    if value is None:
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise nonsense(f"{what} is not a {kind.__name__}")
-    return value
-
-
-def model_entry(entry: Any) -> dict[str, Any]:
-    """Check one model of /api/tags and shape it as /models lists it (capabilities aside)."""
-    if not isinstance(entry, dict):
-        raise nonsense("tags: a model that is not an object")
-    name = _typed(entry.get("name") or entry.get("model"), str, "", "tags: a model name")
-    if not 0 < len(name) <= MAX_MODEL_NAME_CHARS or not name.isprintable() or " " in name:
-        raise nonsense("tags: a model without a usable name")
-    details = _typed(entry.get("details"), dict, {}, "tags: details")
-    size = _typed(entry.get("size"), int, 0, "tags: size")
-    if size < 0:
-        raise nonsense("tags: a negative size")
-    return {
-        "name": normalize_model(name),
-        "family": _typed(details.get("family"), str, "", "tags: family"),
-        "parameter_size": _typed(details.get("parameter_size"), str, "", "tags: parameter size"),
-        "quantization_level": _typed(
-            details.get("quantization_level"), str, "", "tags: quantization level"
-        ),
-        "size": size,
-        "modified_at": _typed(entry.get("modified_at"), str, "", "tags: modified_at"),
-        "digest": _typed(entry.get("digest"), str, "", "tags: digest"),
-    }
-
-
-def model_entries(answer: Any) -> list[dict[str, Any]]:
-    """Check the answer of /api/tags: `{"models": [model, ...]}`."""
-    models = answer.get("models") if isinstance(answer, dict) else None
-    if not isinstance(models, list):
-        raise nonsense("tags: not an object with a list of models")
-    return [model_entry(entry) for entry in models]
-
-
-def capabilities_in(answer: Any) -> list[str]:
-    """Check the answer of /api/show and return the known capabilities it reports."""
-    if not isinstance(answer, dict):
-        raise nonsense("show: not an object")
-    capabilities = answer.get("capabilities")
-    if capabilities is None:
-        return ["completion"]  # servers older than the field
-    if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
-        raise nonsense("show: capabilities is not a list of strings")
-    return list(dict.fromkeys(c for c in capabilities if c in KNOWN_CAPABILITIES))
-
-
-def describe(entry: dict[str, Any], capabilities: list[str]) -> dict[str, Any]:
-    """Shape one model as /models lists it."""
-    listed = {key: value for key, value in entry.items() if key != "digest"}
-    return {**listed, "capabilities": capabilities}
+    `echo` and `echo:latest` are one model, on an OpenAI API server listing `echo` and an
+    Ollama one listing `echo:latest` alike; any other name stays exactly as it is.
+    """
+    return name[:-7] if name.endswith(":latest") else name
 
 
 # A MODELS_CACHE_SECONDS of 0 must not make the refresher ask the instances without a pause.
@@ -152,7 +80,6 @@ class ModelCatalog:
         self.ttl = ttl
         self.cooldown = cooldown
         self.first_wait = first_wait
-        self._capabilities: dict[tuple[str, str, str], list[str]] = {}
         self._fetch_lock = threading.Lock()  # one fetch at a time (a new refresher's too)
         self._start_lock = threading.Lock()
         self._fetched = threading.Event()  # set once the first fetch has ended
@@ -224,10 +151,10 @@ class ModelCatalog:
     def _refresh_instance(self, instance: Instance) -> None:
         try:
             models = {}
-            for entry in model_entries(instance.client.tags()):
-                models[entry["name"]] = describe(entry, self._capabilities_of(instance, entry))
+            for entry in instance.protocol.models(instance.client):
+                models.setdefault(model_key(entry["name"]), entry)
             instance.models = models
-            instance.reachable = True
+            instance.reachable, instance.refused_key = True, False
         except Exception as error:
             if isinstance(error, InstanceError):
                 log.warning("chat instance %s left out: %s", instance.url, error.detail)
@@ -236,6 +163,7 @@ class ModelCatalog:
             instance.models = {}
             instance.loaded = set()
             instance.reachable = False
+            instance.refused_key = getattr(error, "status", None) in (401, 403)
             instance.cool_down(self.cooldown)
             return
         instance.loaded = self._loaded(instance)
@@ -244,28 +172,29 @@ class ModelCatalog:
     def _loaded(instance: Instance) -> set[str]:
         """The models the instance has in memory; none known if it cannot tell (no /api/ps)."""
         try:
-            entries = instance.client.running()
+            names = instance.protocol.loaded(instance.client)
         except InstanceError as error:
             log.info("chat instance %s tells no loaded models: %s", instance.url, error.msg)
             return set()
-        names = (str(e.get("name") or e.get("model") or "") for e in entries if isinstance(e, dict))
-        return {normalize_model(name) for name in names if name}
-
-    def _capabilities_of(self, instance: Instance, entry: dict[str, Any]) -> list[str]:
-        key = (instance.url, entry["name"], entry["digest"])
-        if key not in self._capabilities:
-            answer = instance.client.show(entry["name"])
-            self._capabilities[key] = capabilities_in(answer)
-        return self._capabilities[key]
+        return {model_key(name) for name in names}
 
     def models(self) -> list[dict[str, Any]]:
-        """List each served model once, by name."""
+        """List each served model once, as the first instance serving it describes it."""
         self.ready()
         union: dict[str, dict[str, Any]] = {}
         for instance in self.instances:
-            for name, model in instance.models.items():
-                union.setdefault(name, model)
-        return [union[name] for name in sorted(union)]
+            for key, model in instance.models.items():
+                union.setdefault(key, model)
+        return [union[key] for key in sorted(union)]
+
+    def resolve(self, requested: str) -> str | None:
+        """The model's name as the first instance serving it lists it; None if none does."""
+        self.ready()
+        key = model_key(requested)
+        for instance in self.instances:
+            if key in instance.models:
+                return instance.models[key]["name"]
+        return None
 
     def reachable(self) -> bool:
         """Tell whether any instance answered the last refresh."""
@@ -275,12 +204,25 @@ class ModelCatalog:
     def capabilities(self, model: str) -> set[str] | None:
         """Return the model's capabilities, or None if no instance serves it."""
         self.ready()
+        key = model_key(model)
         for instance in self.instances:
-            if model in instance.models:
-                return set(instance.models[model]["capabilities"])
+            if key in instance.models:
+                return set(instance.models[key]["capabilities"])
         return None
+
+    def key_refused(self) -> bool:
+        """Tell whether an instance refused chatsite's key at the last refresh."""
+        return any(instance.refused_key for instance in self.instances)
 
     def instances_for(self, model: str) -> list[Instance]:
         """List the instances that serve the model."""
         self.ready()
-        return [instance for instance in self.instances if model in instance.models]
+        key = model_key(model)
+        return [instance for instance in self.instances if key in instance.models]
+
+    def unsupported_options(self, model: str, options: dict[str, Any]) -> list[str]:
+        """The options that some instance serving the model has no way to send."""
+        found: dict[str, None] = {}
+        for instance in self.instances_for(model):
+            found.update(dict.fromkeys(instance.protocol.unsupported_options(options)))
+        return list(found)

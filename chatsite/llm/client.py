@@ -1,4 +1,10 @@
-"""HTTP client for one chat instance (an LLM server speaking the Ollama API)."""
+"""The transport to one chat instance: pooled session, read watchdog, and framing.
+
+What the lines mean is the wire protocol's business (`chatsite.llm.protocols`): the
+transport splits a streamed body into lines (NDJSON, or server-sent events' `data:`
+lines), hands each to the protocol's decoder, and stops at the line the decoder says ends
+the answer.
+"""
 
 import contextlib
 import logging
@@ -27,35 +33,31 @@ from .errors import (
     InstanceError,
     reason_for_status,
 )
+from .protocols.base import Decoder, error_text
 
 log = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 1.0  # how long a finished answer's body may take to end before it is cut
 
 
-def _error_text(response: requests.Response) -> str:
-    """Read Ollama's `{"error": ...}` text from a failed response, for the log."""
+def read_object(line: bytes) -> dict[str, Any]:
+    """Parse one line of a streamed body: a JSON object, else the answer is invalid."""
     try:
-        body = response.raw.read(4096, decode_content=True)
-        message = orjson.loads(body).get("error")
-        if isinstance(message, str) and message:
-            return message
-    except Exception:
-        pass
-    return "no error text"
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise InstanceError(INVALID_ANSWER, detail="a line that is not JSON") from None
+    if not isinstance(data, dict):
+        raise InstanceError(INVALID_ANSWER, detail="a line that is not an object")
+    return data
 
 
-def _succeeded(response: requests.Response) -> requests.Response:
-    """The response if it is a 200, else InstanceError (the server's words as its detail)."""
-    status = response.status_code
-    if status != 200:
-        detail = f"HTTP {status}: {_error_text(response)}"
-        response.close()
-        retryable = status >= 500 or status == 429
-        raise InstanceError(
-            reason_for_status(status), status=status, retryable=retryable, detail=detail
-        )
-    return response
+def objects(line: bytes, out: list) -> str | None:
+    """The plain NDJSON reading: each line's object as it is, `{"done": true}` ends it."""
+    data = read_object(line)
+    if "error" in data:
+        raise InstanceError(SERVER_ERROR, detail=data["error"])
+    out.append(data)
+    return "stop" if data.get("done") is True else None
 
 
 class ReadWatchdog:
@@ -101,16 +103,28 @@ class ReadWatchdog:
 
 
 class InstanceStream:
-    """An open NDJSON answer; iterate for parsed lines, `close()` to stop the GPU.
+    """An open streamed answer; iterate for what the decoder makes of its lines.
 
-    The answer is complete at its `done` line, whatever the instance does afterwards:
-    iteration stops there, and `release()` later lets the connection go.
+    The answer is complete at the line the decoder ends it with (its `end_reason`),
+    whatever the instance sends afterwards: iteration stops there, and `release()` later
+    lets the connection go. `sse`: the body is server-sent events, whose `data:` lines
+    carry the answer (other lines and blank ones are skipped).
     """
 
-    def __init__(self, response: requests.Response, deadline: float, max_line: int) -> None:
+    def __init__(
+        self,
+        response: requests.Response,
+        deadline: float,
+        max_line: int,
+        decode: Decoder = objects,
+        sse: bool = False,
+    ) -> None:
         self.response = response
         self.deadline = deadline
         self.max_line = max_line
+        self.decode = decode
+        self.sse = sse
+        self.end_reason: str | None = None
         self.complete = False
         self.cancelled = False  # set from another thread or greenlet by `cancel()`
         self._chunks: Iterator[bytes] | None = None
@@ -124,21 +138,22 @@ class InstanceStream:
         sock.settimeout(None)  # urllib3 sets it again on the connection's next request
         self.watchdog = ReadWatchdog(read_timeout, lambda: sock.shutdown(socket.SHUT_RDWR))
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Yield parsed lines up to the one marked done; a body that ends first is a failure."""
+    def __iter__(self) -> Iterator[Any]:
+        """Yield decoded pieces up to the answer's end; a body that ends first is a failure."""
         for batch in self.batches():
             yield from batch
 
-    def batches(self) -> Iterator[list[dict[str, Any]]]:
-        """Yield the parsed lines that each read of the body completed, as one list.
+    def batches(self) -> Iterator[list[Any]]:
+        """Yield what the lines that each read of the body completed decode to, as one list.
 
         A slow upstream's read holds one line; one that is ahead of us (or a busy worker
         that is behind) gets many per read, and a relay can then answer them with one
-        write. The last batch ends with the line marked done; a body that ends first is a
-        failure. The body is read straight from urllib3 (one chunk of the chunked encoding
-        per read, decoded if the server compressed it), without requests' wrapper.
+        write. The last batch ends with the answer's last line; a body that ends first is
+        a failure. The body is read straight from urllib3 (one chunk of the chunked
+        encoding per read, decoded if the server compressed it), without requests' wrapper.
         """
         buffer = b""
+        decode, sse = self.decode, self.sse
         watchdog = self.watchdog
         self._chunks = self.response.raw.stream(None, decode_content=True)
         try:
@@ -156,18 +171,21 @@ class InstanceStream:
                     raise InstanceError(TOO_SLOW)
                 buffer = buffer + chunk if buffer else chunk
                 *lines, buffer = buffer.split(b"\n")
-                batch = []
+                batch: list[Any] = []
                 for line in lines:
+                    if sse:
+                        if not line.startswith(b"data:"):
+                            continue  # blank, a comment, `event:` or `id:`
+                        line = line[6:] if line.startswith(b"data: ") else line[5:]
                     if line.strip():
                         try:
-                            data = self._parse(line)
+                            end = decode(line, batch)
                         except InstanceError:
                             if batch:  # the lines before the bad one still go out
                                 yield batch
                             raise
-                        batch.append(data)
-                        if data.get("done") is True:
-                            self.complete = True
+                        if end is not None:
+                            self.end_reason, self.complete = end, True
                             yield batch
                             return
                 if batch:
@@ -189,24 +207,16 @@ class InstanceStream:
                 watchdog.stop()
         if self.cancelled:
             raise InstanceError(STOPPED)  # a close from another greenlet can look like an end
+        if sse:  # the last line, unended: an event's data, or nothing to read
+            data = buffer.startswith(b"data:")
+            buffer = (buffer[6:] if buffer.startswith(b"data: ") else buffer[5:]) if data else b""
         if buffer.strip():
-            data = self._parse(buffer)
-            self.complete = data.get("done") is True
-            yield [data]
+            batch = []
+            end = decode(buffer, batch)
+            self.end_reason, self.complete = end, end is not None
+            yield batch
         if not self.complete:
             raise InstanceError(ENDED_EARLY)
-
-    @staticmethod
-    def _parse(line: bytes) -> dict[str, Any]:
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise InstanceError(INVALID_ANSWER, detail="a line that is not JSON") from None
-        if not isinstance(data, dict):
-            raise InstanceError(INVALID_ANSWER, detail="a line that is not an object")
-        if "error" in data:
-            raise InstanceError(SERVER_ERROR, detail=data["error"])
-        return data
 
     def cancel(self) -> None:
         """Make the reader stop at the next piece (a thread blocked in a read cannot be woken)."""
@@ -245,8 +255,13 @@ class InstanceStream:
         return True
 
 
-class OllamaClient:
-    """One pooled session per instance, with connect/read timeouts and no redirects."""
+class InstanceClient:
+    """One pooled session per instance, with connect/read timeouts and no redirects.
+
+    `sse`: its streamed answers are server-sent events, else NDJSON. `api_key`: sent as
+    `Authorization: Bearer`, and blotted out of any text the instance sends back (an
+    error may quote it), so it reaches no log line and no client.
+    """
 
     def __init__(
         self,
@@ -256,26 +271,68 @@ class OllamaClient:
         max_seconds: float = defaults.UPSTREAM_MAX_SECONDS,
         max_line: int = defaults.UPSTREAM_MAX_LINE_BYTES,
         pool_size: int = 64,
+        sse: bool = False,
+        api_key: str | None = None,
+        read_error: Callable[[bytes], str] = error_text,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.max_seconds = max_seconds
         self.max_line = max_line
+        self.sse = sse
+        self._api_key = api_key
+        self._read_error = read_error
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self.session = requests.Session()
         self.session.trust_env = False  # never route the GPU traffic through a proxy by accident
         self.adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", self.adapter)
         self.session.mount("https://", self.adapter)
 
+    def __repr__(self) -> str:  # never the key
+        return f"InstanceClient({self.base_url!r})"
+
+    def _redacted(self, text: str) -> str:
+        key = self._api_key
+        return text.replace(key, "[api key]") if key and key in text else text
+
+    def _succeeded(self, response: requests.Response) -> requests.Response:
+        """The response if it is a 200, else InstanceError (the server's words as its detail).
+
+        A 5xx or 429 may go better elsewhere; so may a 401 or 403: this instance refuses
+        chatsite's key (the operator's error, never the client's).
+        """
+        status = response.status_code
+        if status == 200:
+            return response
+        try:
+            text = self._read_error(response.raw.read(4096, decode_content=True))
+        except Exception:
+            text = "no error text"
+        finally:
+            response.close()
+        detail = f"HTTP {status}: {self._redacted(text)}"
+        retryable = status >= 500 or status in (401, 403, 429)
+        raise InstanceError(
+            reason_for_status(status), status=status, retryable=retryable, detail=detail
+        )
+
     def _request(self, method: str, path: str, timeout: Any, **kwargs: Any) -> requests.Response:
         try:
             response = self.session.request(
-                method, self.base_url + path, timeout=timeout, allow_redirects=False, **kwargs
+                method,
+                self.base_url + path,
+                timeout=timeout,
+                allow_redirects=False,
+                headers=self._headers,
+                **kwargs,
             )
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return _succeeded(response)
+        return self._succeeded(response)
 
     def _post_stream(self, path: str, body: bytes) -> requests.Response:
         """POST a JSON body and return the response once its head is in.
@@ -286,9 +343,7 @@ class OllamaClient:
         """
         request = requests.PreparedRequest()
         request.method, request.url, request.body = "POST", self.base_url + path, body
-        request.headers = CaseInsensitiveDict(
-            {"Content-Type": "application/json", "Content-Length": str(len(body))}
-        )
+        request.headers = CaseInsensitiveDict({**self._headers, "Content-Length": str(len(body))})
         request.hooks = {"response": []}
         try:
             response = self.adapter.send(request, stream=True, timeout=self.timeout)
@@ -299,10 +354,10 @@ class OllamaClient:
             # Sent (or failed): the response keeps this request for as long as the answer
             # streams, and the encoded conversation (up to MAX_CONTENT_LENGTH) need not stay.
             request.body = None
-        return _succeeded(response)
+        return self._succeeded(response)
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
-        """Make a short, non-streamed call (tags, show) and return its JSON, unchecked."""
+        """Make a short, non-streamed call (a model list) and return its JSON, unchecked."""
         timeout = (self.timeout[0], min(self.timeout[1], 10.0))
         data = orjson.dumps(body) if body else None
         response = self._request(method, path, timeout, data=data, stream=True)
@@ -314,24 +369,14 @@ class OllamaClient:
         finally:
             response.close()
 
-    def tags(self) -> Any:
-        """Ask which models this instance serves (the catalog checks the answer's shape)."""
-        return self.get_json("GET", "/api/tags")
-
-    def running(self) -> list[dict[str, Any]]:
-        """List the models this instance has loaded in memory (Ollama's /api/ps)."""
-        data = self.get_json("GET", "/api/ps")
-        models = data.get("models") if isinstance(data, dict) else None
-        return models if isinstance(models, list) else []
-
-    def show(self, model: str) -> Any:
-        """Ask for one model's description, with its capabilities (checked by the catalog)."""
-        return self.get_json("POST", "/api/show", {"model": model})
-
-    def stream(self, path: str, payload: dict[str, Any]) -> InstanceStream:
+    def stream(
+        self, path: str, payload: dict[str, Any], decode: Decoder = objects
+    ) -> InstanceStream:
         """Start a streamed call; errors before the first byte raise InstanceError."""
         response = self._post_stream(path, orjson.dumps({**payload, "stream": True}))
-        stream = InstanceStream(response, time.monotonic() + self.max_seconds, self.max_line)
+        stream = InstanceStream(
+            response, time.monotonic() + self.max_seconds, self.max_line, decode, self.sse
+        )
         if gevent_active():
             stream.watch_reads(self.timeout[1])
         return stream

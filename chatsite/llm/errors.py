@@ -16,6 +16,7 @@ UNREACHABLE = "chat server unreachable"
 TOO_SLOW = "chat server took too long"
 CONNECTION_FAILED = "chat server connection failed"
 INVALID_ANSWER = "chat server sent an invalid answer"
+UNAUTHORIZED = "chat server refused chatsite's credentials"
 ENDED_EARLY = "chat server ended the answer early"
 STOPPED = "stopped"  # by /stop: never shown, the stream ends with its ordinary last line
 
@@ -39,6 +40,8 @@ def reason_for_status(status: int) -> str:
     """The generic reason for an instance's HTTP error status."""
     if status == 404:
         return MODEL_NOT_FOUND
+    if status in (401, 403):
+        return UNAUTHORIZED
     if status == 429:
         return INSTANCE_BUSY
     if 400 <= status < 500:
@@ -79,6 +82,10 @@ class UnknownModel(Exception):
 
 class InstanceRefused(Exception):
     """An instance refused the request itself (a 4xx): retrying elsewhere will not help."""
+
+
+class InstanceMisconfigured(Exception):
+    """Every instance tried refused chatsite's own credentials: the operator must act."""
 
 
 class InstanceFailed(Exception):

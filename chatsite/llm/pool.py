@@ -13,21 +13,22 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from ..coordination import Coordinator, Lease, Ticket
 from ..coordination.base import CoordinationUnavailable
 from ..operations.metrics import QueueWait
-from .catalog import Instance, ModelCatalog
+from .catalog import Instance, ModelCatalog, model_key
 from .client import InstanceStream
 from .errors import (
     InstanceError,
     InstanceFailed,
+    InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
     QueueFull,
     UnknownModel,
 )
+from .protocols.base import ChatRequest, CompletionRequest
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,11 @@ class InstancePool:
     def _try_slot(self, model: str, candidates: list[Instance]) -> Slot | None:
         coordinator = self.coordinator
 
+        key = model_key(model)
+
         def preference(instance: Instance) -> tuple[bool, float]:
             load = coordinator.slots_in_use(instance.url) / instance.max_concurrent
-            return model not in instance.loaded, load
+            return key not in instance.loaded, load
 
         # Counting slots costs a lookup per slot with some coordinators: only to choose.
         ordered = sorted(candidates, key=preference) if len(candidates) > 1 else candidates
@@ -82,9 +85,9 @@ class InstancePool:
                 return Slot(instance, lease)
         return None
 
-    def admit(self, model: str, path: str, payload: dict[str, Any]) -> "Admission":
+    def admit(self, request: ChatRequest | CompletionRequest) -> "Admission":
         """Start a request's way to an upstream stream (see `Admission`)."""
-        return Admission(self, model, path, payload)
+        return Admission(self, request)
 
 
 class Admission:
@@ -95,11 +98,10 @@ class Admission:
     set. Stopping the iteration (closing it) leaves the line; `close()` gives everything back.
     """
 
-    def __init__(self, pool: InstancePool, model: str, path: str, payload: dict[str, Any]) -> None:
+    def __init__(self, pool: InstancePool, request: ChatRequest | CompletionRequest) -> None:
         self.pool = pool
-        self.model = model
-        self.path = path
-        self.payload = payload
+        self.model = request.model  # as the catalog names it: its line, metrics and logs
+        self.request = request
         self.deadline = time.monotonic() + pool.wait_timeout
         self.ticket: Ticket | None = None
         self.slot: Slot | None = None
@@ -143,9 +145,11 @@ class Admission:
                 # Every instance said "no such model": the request's fault, not the server's.
                 if last_error.status == 404:
                     raise UnknownModel(last_error.msg) from None
+                if last_error.status in (401, 403):  # refused chatsite's key: the operator's
+                    raise InstanceMisconfigured(last_error.msg) from None
                 raise InstanceFailed(last_error.msg) from None
             try:
-                self.upstream = slot.instance.client.stream(self.path, self.payload)
+                self.upstream = slot.instance.start(self.request)
             except InstanceError as error:
                 slot.release()
                 log.warning("chat instance %s did not start: %s", slot.instance.url, error.detail)
@@ -162,7 +166,7 @@ class Admission:
                 slot.release()
                 raise
             self.slot = slot
-            slot.instance.loaded.add(self.model)  # it is now, whatever /api/ps said
+            slot.instance.loaded.add(model_key(self.model))  # it is now, whatever /api/ps said
             return
 
     def _slot(self, tried: set[str]) -> Generator[int, None, Slot]:

@@ -6,17 +6,15 @@ from .reply import StreamedReply, ndjson_line
 
 
 class GenerateReply(StreamedReply):
-    """Relay `/api/generate` lines as `{"status": "ok", "response": ...}`."""
+    """Relay a completion's text as `{"status": "ok", "response": ...}` lines."""
 
     def produce(self) -> Iterator[bytes]:
         pieces = self.pieces
         for batch in self.upstream.batches():
-            out = []  # the lines that came in one read go out in one write
-            for line in batch:
-                piece = line.get("response")
-                if piece:
-                    pieces.append(piece)
-                    out.append(ndjson_line({"status": "ok", "response": piece}))
+            out = []  # the pieces that came in one read go out in one write
+            for _, piece in batch:  # a completion has text only
+                pieces.append(piece)
+                out.append(ndjson_line({"status": "ok", "response": piece}))
             if out:
                 yield out[0] if len(out) == 1 else b"".join(out)
         self.finish(complete=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 from ..clock import utc_stamp
 from ..coordination import Lease
-from ..llm.errors import INVALID_ANSWER, InstanceError
 from ..llm.pool import Admission
+from ..llm.protocols.base import TOOL, ChatRequest, ToolCall, ToolCalls
 from ..storage.saves import Saved
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
@@ -50,22 +50,6 @@ def stamped(messages: list[dict], clock: Clock) -> list[dict]:
     ]
 
 
-def clean_tool_call(call: Any) -> dict:
-    """Keep only the fields of a tool call that the chat file and the model need."""
-    function = call.get("function") if isinstance(call, dict) else None
-    function = function if isinstance(function, dict) else {}
-    arguments = function.get("arguments")
-    cleaned = {
-        "function": {
-            "name": str(function.get("name") or "")[:200],
-            "arguments": arguments if isinstance(arguments, dict) else {},
-        }
-    }
-    if isinstance(call, dict) and isinstance(call.get("id"), str):
-        cleaned["id"] = call["id"][:200]
-    return cleaned
-
-
 def without_deep_arguments(call: dict) -> dict:
     """The call as sent back to the model and saved: arguments too deep to encode again are
     dropped (the tool's answer says why)."""
@@ -86,7 +70,7 @@ class ToolRunner:
 
 
 class ChatReply(StreamedReply):
-    """Relay `/api/chat`, answering tool calls on the same slot, and save the exchange.
+    """Relay a chat answer, answering tool calls on the same slot, and save the exchange.
 
     Each text is saved once: a round's text and thinking go with its tool calls, and the
     saved reply holds only what came after the last tool round.
@@ -96,7 +80,7 @@ class ChatReply(StreamedReply):
         self,
         admission: Admission,
         user_lease: Lease,
-        payload: dict[str, Any],
+        request: ChatRequest,
         request_messages: list[dict],
         room: ReplyRoom,
         clock: Clock,
@@ -104,7 +88,7 @@ class ChatReply(StreamedReply):
         save: Callable[[list[dict]], Saved] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
-        self.payload = payload
+        self.request = request  # its messages grow by each tool round
         self.request_messages = request_messages  # stamped when the request arrived
         self.room = room
         self.clock = clock
@@ -131,7 +115,7 @@ class ChatReply(StreamedReply):
             rounds += 1
             yield from self._run_tools(assistant, calls)
             self.upstream.release()
-            self.upstream = self.slot.instance.client.stream("/api/chat", self.payload)
+            self.upstream = self.slot.instance.start(self.request)
         if not self.finish(complete=True):
             yield error_line(NOT_SAVED)
             return
@@ -147,46 +131,33 @@ class ChatReply(StreamedReply):
         closed by `finish`), and no tool is run.
         """
         self.content, self.thinking = [], []
-        calls: list[dict] = []
+        calls = ToolCalls()
+        room = self.room
         for batch in self.upstream.batches():
-            out: list[bytes] = []  # the lines that came in one read go out in one write
-            try:
-                for line in batch:
-                    message = line.get("message") or {}
-                    if not isinstance(message, dict):
-                        raise InstanceError(
-                            INVALID_ANSWER, detail="a message that is not an object"
-                        )
-                    for kind in ("thinking", "content"):
-                        piece = message.get(kind)
-                        if not piece:
-                            continue
-                        if not isinstance(piece, str):
-                            raise InstanceError(
-                                INVALID_ANSWER, detail=f"a {kind} that is not a string"
-                            )
-                        fitted, full = self.room.take(kind, piece)
-                        if fitted:
-                            out.append(self._relay(kind, fitted))
-                        if full:
-                            out.append(self._end_with(LENGTH_NOTE))
-                            yield b"".join(out)
-                            return []
-                    if isinstance(message.get("tool_calls"), list):
-                        calls.extend(clean_tool_call(call) for call in message["tool_calls"])
-            except InstanceError:
-                if out:  # what came before the bad line still goes out
+            out: list[bytes] = []  # the pieces that came in one read go out in one write
+            for kind, value in batch:
+                if kind == TOOL:
+                    calls.add(value)
+                    continue
+                fitted, full = room.take(kind, value)
+                if fitted:
+                    out.append(self._relay(kind, fitted))
+                if full:
+                    out.append(self._end_with(LENGTH_NOTE))
                     yield b"".join(out)
-                raise
+                    return []
             if out:
                 yield out[0] if len(out) == 1 else b"".join(out)
-        if len(calls) > MAX_TOOL_CALLS:
+        if not calls:
+            return []
+        assembled = calls.calls()
+        if len(assembled) > MAX_TOOL_CALLS:
             log.warning(
                 "model asked for %d tool calls in one round; ran the first %d",
-                len(calls),
+                len(assembled),
                 MAX_TOOL_CALLS,
             )
-        return calls[:MAX_TOOL_CALLS]
+        return assembled[:MAX_TOOL_CALLS]
 
     def _relay(self, kind: str, piece: str) -> bytes:
         """Keep a piece of the reply (or of its thinking) and make its stream line."""
@@ -202,32 +173,32 @@ class ChatReply(StreamedReply):
         """Close the reply's text with a note saying why it stops here."""
         return self._relay("content", self.room.note(note))
 
-    def _tool_round_message(self, calls: list[dict]) -> dict[str, Any]:
+    def _tool_round_message(self, calls: list[ToolCall]) -> dict[str, Any]:
         """The assistant message of a tool round, as the model will see it again."""
         message = {
             "role": "assistant",
             "content": "".join(self.content),
-            "tool_calls": [without_deep_arguments(call) for call in calls],
+            "tool_calls": [without_deep_arguments(call.call) for call in calls],
         }
         if self.thinking:
             message["thinking"] = "".join(self.thinking)
         return message
 
-    def _run_tools(self, assistant: dict[str, Any], calls: list[dict]) -> Iterator[bytes]:
+    def _run_tools(self, assistant: dict[str, Any], calls: list[ToolCall]) -> Iterator[bytes]:
         """Run each call, telling the client, and add the results to the conversation.
 
         After a /stop no further call is run: the round's calls not yet answered are saved
         as interrupted.
         """
-        self.payload["messages"].append(assistant)
+        self.request.messages.append(assistant)
         self.exchange.append({**assistant, "timestamp": self.clock.now()})
         self.content, self.thinking = [], []  # saved with the tool calls: never again
-        self.unanswered = [call["function"]["name"] for call in calls]
+        self.unanswered = [call.call["function"]["name"] for call in calls]
         max_calls = self.tool_runner.max_calls
         for index, call in enumerate(calls):
             if self.stopped:
                 raise Stopped()
-            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            name, arguments = call.call["function"]["name"], call.arguments
             if index < max_calls:
                 yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
                 result = self.tool_runner.registry.run(
@@ -236,7 +207,7 @@ class ChatReply(StreamedReply):
             else:
                 result = TOO_MANY_CALLS.format(max_calls=max_calls)
             message = self._tool_result(name, result)
-            self.payload["messages"].append(message)
+            self.request.messages.append(message)
             self.exchange.append({**message, "timestamp": self.clock.now()})
             self.unanswered.pop(0)
 

@@ -27,6 +27,7 @@ from ..llm.client import InstanceStream
 from ..llm.errors import (
     InstanceError,
     InstanceFailed,
+    InstanceMisconfigured,
     InstanceRefused,
     NoInstanceAvailable,
     QueueFull,
@@ -47,6 +48,7 @@ WAIT_ERRORS = (
     UnknownModel,
     InstanceFailed,
     InstanceRefused,
+    InstanceMisconfigured,
     CoordinationUnavailable,
 )
 DATABASE_DOWN = "the database is unavailable"

@@ -109,7 +109,8 @@ class ToolRegistry:
         return list(self._tools)
 
     def schemas(self) -> list[dict[str, Any]]:
-        """The `tools` list for Ollama's /api/chat (copies: callers may change them)."""
+        """The `tools` of a chat request, one shape on every wire (copies: callers may change
+        them)."""
         return [copy.deepcopy(tool.spec.schema) for tool in self._tools.values()]
 
     def run(self, name: str, arguments: object, context: ToolContext, timeout: float) -> ToolResult:

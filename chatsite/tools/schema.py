@@ -1,4 +1,5 @@
-"""Ollama's tool schema built from a function's signature, type hints and docstring.
+"""The function-tool schema (one shape on Ollama's wire and the OpenAI API's) built from a
+function's signature, type hints and docstring.
 
 Deriving the schema from the code keeps what the model is told and what the server accepts
 from drifting apart; anything the schema cannot express is refused at registration.
@@ -26,7 +27,7 @@ SCALAR_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number",
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A checked tool: its Ollama schema plus what validating arguments needs beyond it."""
+    """A checked tool: its tool schema plus what validating arguments needs beyond it."""
 
     name: str
     schema: dict[str, Any]
@@ -41,7 +42,7 @@ class ToolSpec:
 
 
 def function_schema(fn: Callable[..., object]) -> dict[str, Any]:
-    """Return the tool's Ollama schema; raises TypeError for what it cannot express."""
+    """Return the tool's schema; raises TypeError for what it cannot express."""
     return tool_spec(fn).schema
 
 
