@@ -253,14 +253,17 @@ def test_waves_of_the_largest_bodies_do_not_grow_the_worker(tmp_path, launch, up
     """20 users at once send the largest /chat bodies accepted, wave after wave: after the
     second wave the worker's memory stays where it is (a loose bound: it used to keep about
     25 MiB more with every wave, the request's body held in a reference cycle)."""
-    env = site_env(tmp_path, [{"url": upstream.url, "max_concurrent": 20}])
+    # Half of them wait in line for a slot, holding their bodies meanwhile.
+    env = site_env(
+        tmp_path, [{"url": upstream.url, "max_concurrent": 10}], INSTANCE_WAIT_TIMEOUT=60
+    )
     server = launch(env, token_for())
     (worker,) = server.worker_pids()
     bodies = [largest_body(token_for()) for _ in range(20)]
     after = []
     for _ in range(6):
         responses = post_all(f"{server.url}/chat", bodies, timeout=60)
-        assert statuses(responses) == [200] * 20
+        assert statuses(responses) == [200] * 20, server.log()
         for response in responses:
             assert json.loads(response.content.splitlines()[-1])["done"] is True
         close_all(responses)
