@@ -177,6 +177,10 @@ class FileQueue:
             pass  # a full mailbox already holds a wake-up
         return True
 
+    def send_wake(self, worker: str) -> bool:
+        """Wake a worker's waiters; False if no such worker listens."""
+        return self._send(worker, WAKE)
+
     # -- lines --
 
     def _line_dir(self, model: str) -> str:
