@@ -18,8 +18,19 @@ bind = os.environ.get("CHATSITE_BIND", "127.0.0.1:8000")
 # the app, so every socket, lock and sleep in chatsite cooperates.
 worker_class = "gevent"
 workers = int(os.environ.get("CHATSITE_WORKERS", min(4, multiprocessing.cpu_count() * 2)))
-# Each stream is one greenlet: this is how many clients one worker holds at once.
-worker_connections = 1000
+# Each stream is one greenlet and one connection. A worker holds up to STREAMS_PER_WORKER
+# streams, plus room for nginx's idle keep-alive connections (deploy/nginx.conf keeps 32)
+# and the short requests beside them; past worker_connections it stops accepting until one
+# ends. Only nginx may face clients: it reads a request whole before it takes a connection
+# here, so slow or idle clients never hold these (see the README's Deploying section).
+streams_per_worker = int(os.environ.get("CHATSITE_STREAMS_PER_WORKER", 1000))
+worker_connections = streams_per_worker + 64
+# Recycle a worker after this many requests (0: never), each at its own count (jitter), so
+# the memory its allocator kept from large bodies goes back to the system. It stops
+# accepting, its streams run on (the drain below ends them before graceful_timeout), and the
+# master starts its replacement as soon as it exits.
+max_requests = int(os.environ.get("CHATSITE_MAX_REQUESTS", 20000))
+max_requests_jitter = max_requests // 10
 # A heartbeat, not a request limit: gevent workers notify the master while streaming.
 timeout = 30
 # Long enough for an answer in progress to finish after SIGTERM.
@@ -131,8 +142,11 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Fetch the model catalog in the background (no first request waits for it); on SIGTERM,
-    let streams run until just before gunicorn's deadline, then end them. Answers that
-    outlive their client have no connection to keep the worker serving: it waits for them."""
+    let streams run until just before gunicorn's deadline, then end them; the same when the
+    worker is recycled (max_requests). Answers that outlive their client have no connection
+    to keep the worker serving: it waits for them."""
+    import gevent
+
     from chatsite.site import start_background_work
     from chatsite.streaming import detached, drain
 
@@ -149,12 +163,19 @@ def post_worker_init(worker):
     grace = max(worker.cfg.graceful_timeout * 0.8, worker.cfg.graceful_timeout - 10)
     original = worker.handle_exit
 
+    def drain_when_recycled():
+        # Reaching max_requests only clears `alive`: then the streams left get the same
+        # drain as on SIGTERM (begin_drain runs once, whichever asks first).
+        while worker.alive:
+            gevent.sleep(1.0)
+        drain.begin_drain(grace)
+
+    gevent.spawn(drain_when_recycled)
+
     def handle_exit(sig, frame):
         # A signal handler runs inside gevent's hub, where nothing may block (starting the
         # drain timer waits for its thread): start it from a greenlet, as gunicorn's gevent
         # worker does for its own SIGQUIT and SIGUSR1 handlers.
-        import gevent
-
         gevent.spawn(drain.begin_drain, grace)
         original(sig, frame)
 

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .auth import SignInRefused, SignInUnavailable
-from .coordination.base import UserBusy
+from .coordination.base import CoordinationUnavailable, UserBusy
 from .llm.errors import (
     InstanceFailed,
     InstanceMisconfigured,
@@ -33,6 +33,8 @@ from .storage.users import NO_USER_DATA, NoUserData, UserNotSetUp
 from .streaming.reply import ClientGone
 
 log = logging.getLogger(__name__)
+
+BACKEND_DOWN = "service temporarily unavailable"
 
 
 class ApiError(Exception):
@@ -74,6 +76,10 @@ DOMAIN_ERRORS: dict[type[Exception], Answer] = {
     SignInUnavailable: Answer(503),
     UserBusy: Answer(429, headers=retry_after(lambda site: site.retry_after)),
     QueueFull: Answer(503, headers=retry_after(lambda site: site.queue_retry_after)),
+    # Redis away (or being rebuilt after it came back empty): the documented back-end 503.
+    CoordinationUnavailable: Answer(
+        503, BACKEND_DOWN, headers=retry_after(lambda site: site.queue_retry_after)
+    ),
     ClientGone: Answer(499, "client closed the request"),
     NoInstanceAvailable: Answer(504),
     UnknownModel: Answer(400),
@@ -144,7 +150,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RedisError)
     def handle_backend_down(error: Exception):
         log.error("backend unavailable: %s: %s", type(error).__name__, error)
-        return error_response(503, "service temporarily unavailable")
+        return error_response(503, BACKEND_DOWN)
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception):

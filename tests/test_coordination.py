@@ -1,5 +1,6 @@
 """The Coordinator implementations: shared behaviour, flock across processes, Redis TTLs."""
 
+import contextlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 import redis
 
 from chatsite.coordination import FileCoordinator, LocalCoordinator, RedisCoordinator, instance_key
+from chatsite.coordination.base import CoordinationUnavailable
 from tests.helpers import new_user
 from tests.servers import ROOT, wait_until
 
@@ -362,12 +364,15 @@ def test_file_locks_span_processes_and_die_with_the_holder(tmp_path):
 # -- RedisCoordinator --
 
 
-def test_redis_error_on_acquire_raises():
+def test_redis_away_is_coordination_unavailable():
     coordinator = RedisCoordinator("redis://127.0.0.1:1/0", prefix="chatsite-test-down")
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(CoordinationUnavailable) as raised:
         coordinator.try_lock_user(new_user())
-    with pytest.raises(redis.ConnectionError):
+    assert isinstance(raised.value.__cause__, redis.ConnectionError)
+    with pytest.raises(CoordinationUnavailable):
         coordinator.try_acquire_slot(URL, 2)
+    with pytest.raises(CoordinationUnavailable):
+        coordinator.join_queue("echo:latest", 10)
     coordinator.close()
 
 
@@ -457,6 +462,56 @@ def test_file_slots_reuse_what_this_process_released(tmp_path):
         assert lease is not None
         lease.release()
     assert len(list((tmp_path / "slots").iterdir())) == 1
+
+
+def test_redis_that_lost_its_data_gets_back_what_each_worker_holds(make_redis, raw, redis_prefix):
+    """Redis restarted without persistence: the workers put back their leases and waiters,
+    and nothing new is handed out before they have (the restart itself, over gunicorn, is
+    in test_queue.py)."""
+    _, prefix = redis_prefix
+    holder, other = make_redis(), make_redis()
+    user = new_user()
+    lock = holder.try_lock_user(user)
+    slot = holder.try_acquire_slot(URL, 1)
+    first = other.join_queue("echo:latest", 10)
+    second = holder.join_queue("echo:latest", 10)
+    assert (first.position(), second.position()) == (1, 2)
+
+    raw.delete(*raw.scan_iter(f"{prefix}:*"))  # all a restart without persistence leaves
+    assert holder.check_epoch() > 0  # it knew the epoch: a recovery starts, its own put back
+    assert raw.get(lock.key) == lock.token.encode()
+    assert raw.get(slot.key) == slot.token.encode()
+    newcomer = make_redis()  # a worker that never saw Redis before
+    for hand_out in (
+        lambda: newcomer.try_lock_user(new_user()),
+        lambda: newcomer.try_acquire_slot(URL, 1),
+        lambda: newcomer.join_queue("echo:latest", 10),
+    ):
+        with pytest.raises(CoordinationUnavailable):
+            hand_out()
+    with pytest.raises(CoordinationUnavailable):
+        second.position()
+    # Waiting, as the waiters of a worker do: each looks at its place (its heartbeat), which
+    # is not told until the recovery is over (a count taken meanwhile may be short).
+
+    def recovered():
+        with contextlib.suppress(CoordinationUnavailable):
+            return first.position() == 1 and second.position() == 2
+        return False
+
+    assert wait_until(recovered, timeout=HANG_GUARD)
+    assert newcomer.check_epoch() == 0
+    assert newcomer.try_lock_user(user) is None
+    assert newcomer.try_acquire_slot(URL, 1) is None
+    third = newcomer.join_queue("echo:latest", 10)
+    assert third.position() == 3  # behind those who waited before the restart
+    slot.release()
+    first.leave()
+    assert second.position() == 1
+    second.leave()
+    third.leave()
+    lock.release()
+    assert newcomer.try_lock_user(user) is not None
 
 
 def test_the_generating_chat_lives_with_the_users_lock(coordinator):

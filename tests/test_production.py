@@ -33,6 +33,7 @@ from tests.helpers import (
     echo_body,
     get_chat,
     init_db,
+    messages,
     new_user,
     pg_url,
     sessions_on_workers,
@@ -229,6 +230,46 @@ def test_gevent_read_timeout_counts_each_wait_not_the_whole_stream(
     assert wait_until(lambda: upstream.stats()["disconnected_streams"] == 1)
     response, lines = stream(server.url, "/chat", echo_body(token))
     assert lines[-1]["done"] is True and lines[-1]["status"] == "ok"  # the user is free again
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory (VmRSS) in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def largest_body(token: str, count: int = 500, limit: int = 1048576) -> dict:
+    """A valid /chat body of `count` messages (MAX_MESSAGES) just under MAX_CONTENT_LENGTH."""
+    each = (limit - 4096) // count - len('{"role": "assistant", "content": ""}, ')
+    texts = [f"{index} " + "x" * (each - 6) for index in range(count)]
+    body = echo_body(token)
+    body["messages"] = messages(*texts)
+    assert limit - 16384 < len(json.dumps(body)) < limit
+    return body
+
+
+def test_waves_of_the_largest_bodies_do_not_grow_the_worker(tmp_path, launch, upstream, token_for):
+    """20 users at once send the largest /chat bodies accepted, wave after wave: after the
+    second wave the worker's memory stays where it is (a loose bound: it used to keep about
+    25 MiB more with every wave, the request's body held in a reference cycle)."""
+    # Half of them wait in line for a slot, holding their bodies meanwhile.
+    env = site_env(
+        tmp_path, [{"url": upstream.url, "max_concurrent": 10}], INSTANCE_WAIT_TIMEOUT=60
+    )
+    server = launch(env, token_for())
+    (worker,) = server.worker_pids()
+    bodies = [largest_body(token_for()) for _ in range(20)]
+    after = []
+    for _ in range(6):
+        responses = post_all(f"{server.url}/chat", bodies, timeout=60)
+        assert statuses(responses) == [200] * 20, server.log()
+        for response in responses:
+            assert json.loads(response.content.splitlines()[-1])["done"] is True
+        close_all(responses)
+        after.append(rss_mib(worker))
+    assert server.worker_pids() == [worker]
+    assert max(after[2:]) < after[1] + 40, after
 
 
 # --- several hosts: Redis and PostgreSQL --------------------------------------------------
@@ -664,3 +705,33 @@ def test_redis_down_is_a_clean_503(make_app, token_for, upstream):
     response = app.test_client().post("/chat", json=echo_body(token_for(), "x"))
     assert response.status_code == 503
     assert response.json == {"status": "error", "msg": "service temporarily unavailable"}
+
+
+def test_a_recycled_worker_drains_its_streams_and_is_replaced(
+    tmp_path, launch, upstream, token_for
+):
+    """MAX_REQUESTS reached: the worker stops accepting, its stream runs on and is ended
+    by the drain before gunicorn's deadline, and a new worker serves the next requests."""
+    env = site_env(
+        tmp_path,
+        [{"url": upstream.url, "max_concurrent": 4}],
+        GRACEFUL_TIMEOUT=3,
+        MAX_REQUESTS="30",
+    )
+    token = token_for()
+    server = launch(env, token)
+    (worker,) = server.worker_pids()
+    opened = Stream(server.url, slow_body(token_for(), delay=0.05, repeat=100))  # 20 s
+    with requests.Session() as session:  # one connection: the old worker's until it stops
+        while "Autorestarting worker" not in server.log(10**6):
+            session.post(f"{server.url}/settings", json={"token": token}, timeout=TIMEOUT)
+    assert wait_until(lambda: "draining: 1 streams running" in server.log(10**6)), server.log()
+    last = list(opened.lines)[-1]
+    assert last == {
+        "status": "error",
+        "msg": "the server is restarting; please retry",
+        "done": True,
+    }
+    assert wait_until(lambda: server.worker_pids() not in ([], [worker]), timeout=20)
+    response = requests.post(f"{server.url}/settings", json={"token": token}, timeout=TIMEOUT)
+    assert response.status_code == 200

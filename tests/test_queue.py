@@ -8,6 +8,7 @@ the order in which requests reached the GPU.
 import fcntl
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -17,10 +18,10 @@ import pytest
 import requests
 
 from chatsite.coordination import FileCoordinator, RedisCoordinator
-from chatsite.coordination.base import model_key
+from chatsite.coordination.base import COORDINATION_DOWN, CoordinationUnavailable, model_key
 from chatsite.dev.instance import DevInstance
 from tests.helpers import create_chat, get_chat, ndjson, numbered, sessions_on_workers, site_env
-from tests.servers import ROOT, wait_until
+from tests.servers import ROOT, RedisServer, need_service, wait_until
 
 DEV_OPTIONS = {"dev_token_delay": None, "dev_repeat": None}
 NO_INSTANCE = {"status": "error", "msg": "no chat instance available", "done": True}
@@ -211,6 +212,105 @@ def test_arrival_order_and_stop_across_hosts(tmp_path, instance, launch, token_f
     assert lines[-1]["fullMsg"] == first + "".join(line["msg"] for line in lines[:-1])
     assert stop(b.url, streaming)[0] == 404
     assert requests.post(f"{b.url}/chat", json=body(streaming), timeout=30).status_code == 200
+
+
+# --- Redis restarted empty while users wait ----------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis server of this test alone, which it kills and starts again empty."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        need_service("redis-server is not installed")
+    with RedisServer(binary, tmp_path / "redis").start() as server:
+        yield server
+
+
+class PeakStreams:
+    """The most streams the instance had open at once, looked at every few milliseconds
+    (each answer here lasts a quarter of a second: two at once cannot be missed)."""
+
+    def __init__(self, instance):
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(instance,), daemon=True)
+        self._thread.start()
+
+    def _watch(self, instance):
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, instance.stats()["active_streams"])
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
+def test_waiters_keep_their_place_when_redis_restarts_empty(
+    tmp_path, instance, own_redis, launch, token_for
+):
+    """Six users wait for one slot on two hosts; Redis is killed and comes back empty. They
+    wait through it and are served in the order they came, one at a time; meanwhile a new
+    request is the 503 with Retry-After, and a waiter whose time runs out is told why."""
+    shared = {"REDIS_URL": own_redis.url, "REDIS_PREFIX": "chatsite", "QUEUE_RETRY_AFTER": 7}
+    a, b, short = (
+        launch(host_env(tmp_path / name, instance, INSTANCE_WAIT_TIMEOUT=wait, **shared), None)
+        for name, wait in (("a", 60), ("b", 60), ("short", 4))
+    )
+    observer = RedisCoordinator(own_redis.url, prefix="chatsite")
+
+    def line():
+        try:
+            return observer.waiting("slow:latest")
+        except CoordinationUnavailable:
+            return None
+
+    peak = PeakStreams(instance)
+    blocker_token = token_for()
+    blocker = Reader(a.url, body(blocker_token, "blocker", delay=0.05, repeat=400))
+    assert blocker.status == 200
+    assert blocker.next()["status"] == "ok"
+    results: list = [None] * 6
+
+    def ask(index):
+        url = (a, b)[index % 2].url
+        updates = index % 2 == 0
+        reader = Reader(url, body(token_for(), f"user {index}", delay=0.05, queue_updates=updates))
+        results[index] = (reader.status, reader.rest())
+
+    threads = []
+    for index in range(6):
+        threads.append(threading.Thread(target=ask, args=(index,)))
+        threads[-1].start()
+        assert wait_until(lambda: line() == index + 1, timeout=10)  # noqa: B023
+    late = Reader(short.url, body(token_for(), "late", queue_updates=True))
+    assert late.next() == {"status": "queued", "position": 7, "done": False}
+
+    own_redis.kill()
+    new = requests.post(f"{b.url}/chat", json=body(token_for(), "new"), timeout=30)
+    assert new.status_code == 503, new.text
+    assert new.json() == {"status": "error", "msg": "service temporarily unavailable"}
+    assert new.headers["Retry-After"] == "7"
+    # The short host's waiter runs out of time while Redis is away: its stream says why.
+    assert late.rest()[-1] == {"status": "error", "msg": COORDINATION_DOWN, "done": True}
+    assert all(thread.is_alive() for thread in threads)  # the others still wait
+
+    own_redis.start()  # empty: the hosts put back their line, locks and slot
+    assert wait_until(lambda: line() == 6, timeout=10), a.log()
+    assert stop(b.url, blocker_token)[0] == 200
+    for thread in threads:
+        thread.join(60)
+    assert peak.stop() == 1  # the slot was never handed out twice
+    for index, (status, lines) in enumerate(results):
+        assert status == 200
+        if index % 2 == 0:
+            assert lines[0] == {"status": "queued", "position": index + 1, "done": False}
+            positions = [line["position"] for line in lines if line["status"] == "queued"]
+            assert positions == sorted(positions, reverse=True)  # it only ever moves up
+        assert lines[-1]["fullMsg"] == f"You said: user {index}", lines[-1]
+    assert served_order(instance) == ["blocker"] + [f"user {i}" for i in range(6)]
+    observer.close()
 
 
 # --- positions, a full line, a time-out in band ---------------------------------------------

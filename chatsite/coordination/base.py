@@ -9,6 +9,7 @@ from typing import Protocol
 from .signals import LocalSignals
 
 USER_BUSY = "a request from this user is already being processed"
+COORDINATION_DOWN = "the coordination service (Redis) is unavailable"
 
 
 class UserBusy(Exception):
@@ -16,6 +17,14 @@ class UserBusy(Exception):
 
     def __init__(self) -> None:
         super().__init__(USER_BUSY)
+
+
+class CoordinationUnavailable(Exception):
+    """The shared store of locks, slots and lines cannot be reached, or is being rebuilt
+    after it came back empty: nothing new is handed out, and waiters keep their place."""
+
+    def __init__(self, msg: str = COORDINATION_DOWN) -> None:
+        super().__init__(msg)
 
 
 class Lease(Protocol):

@@ -350,6 +350,10 @@ class InstanceClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
+        finally:
+            # Sent (or failed): the response keeps this request for as long as the answer
+            # streams, and the encoded conversation (up to MAX_CONTENT_LENGTH) need not stay.
+            request.body = None
         return self._succeeded(response)
 
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:

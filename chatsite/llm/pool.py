@@ -4,6 +4,9 @@ Requests for a model are served in arrival order: one that finds the model's lin
 and a slot free goes at once; otherwise it joins the line (`QueueFull` past `max_queue`),
 and only the head of the line takes a slot. Among instances with a free slot, one that has
 the model loaded goes first, then the least loaded; a full one is skipped at once.
+
+While the coordination (Redis) is away or being rebuilt, a request already in line keeps
+its place and waits, up to its time-out; a new one fails at once (`CoordinationUnavailable`).
 """
 
 import logging
@@ -12,6 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 from ..coordination import Coordinator, Lease, Ticket
+from ..coordination.base import CoordinationUnavailable
 from ..operations.metrics import QueueWait
 from .catalog import Instance, ModelCatalog, model_key
 from .client import InstanceStream
@@ -174,6 +178,7 @@ class Admission:
 
     def _wait_for_slot(self, tried: set[str], wait: QueueWait) -> Generator[int, None, Slot]:
         pool, coordinator = self.pool, self.pool.coordinator
+        position, away = 0, False
         while True:
             now = time.monotonic()
             candidates = [
@@ -191,13 +196,17 @@ class Admission:
                 self.ticket = coordinator.join_queue(self.model, pool.max_queue)
                 if self.ticket is None:
                     raise QueueFull()
-            position = self.ticket.position()
-            if position == 1 and not self.giving_up():
-                slot = pool._try_slot(self.model, candidates)
-                if slot is not None:
-                    return slot
+            try:
+                position = self.ticket.position()
+                away = False
+                if position == 1 and not self.giving_up():
+                    slot = pool._try_slot(self.model, candidates)
+                    if slot is not None:
+                        return slot
+            except CoordinationUnavailable:
+                away = True  # keep the place last known, and look again
             if now >= self.deadline:
-                raise NoInstanceAvailable()
+                raise CoordinationUnavailable() if away else NoInstanceAvailable()
             wait.waiting()  # metrics: this request now counts as waiting
-            yield position
+            yield max(position, 1)
             self.ticket.wait(min(WAIT_STEP, self.deadline - time.monotonic()))

@@ -1,7 +1,8 @@
 """Graceful shutdown: let running streams finish, then cut them cleanly and save them.
 
-gunicorn gives a worker `graceful_timeout` seconds after SIGTERM before it kills it. The
-gunicorn config calls `begin_drain()` with a little less than that; streams still running
+gunicorn gives a worker `graceful_timeout` seconds after SIGTERM (or after it reached
+`max_requests` and stopped accepting) before it kills it. The gunicorn config calls
+`begin_drain()` with a little less than that; streams still running
 when it expires are interrupted with `Draining`, which ends them like an upstream error:
 the partial reply is saved as incomplete and every lock and slot is released, while the
 worker is still alive to do it. A tool running at that moment has its process killed.
@@ -60,8 +61,16 @@ def interrupt_all() -> int:
     return len(replies)
 
 
+_draining = threading.Event()
+
+
 def begin_drain(grace: float) -> None:
-    """Give running streams `grace` seconds, then interrupt the rest."""
+    """Give running streams `grace` seconds, then interrupt the rest (once per process:
+    a SIGTERM and a worker's own recycling may both ask)."""
+    with _lock:
+        if _draining.is_set():
+            return
+        _draining.set()
     log.info("draining: %d streams running, %.0f s to finish", running(), grace)
     timer = threading.Timer(grace, interrupt_all)
     timer.daemon = True

@@ -27,6 +27,7 @@ import orjson
 from flask import Response
 
 from ..coordination import Lease
+from ..coordination.base import CoordinationUnavailable
 from ..greenlets import current_greenlet
 from ..llm.client import InstanceStream
 from ..llm.errors import (
@@ -41,6 +42,7 @@ from ..llm.errors import (
 from ..llm.pool import Admission, Slot
 from ..media import NDJSON
 from ..operations.metrics import StreamWatch
+from ..storage.saves import DATABASE_AWAY
 from . import drain
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,9 @@ WAIT_ERRORS = (
     InstanceFailed,
     InstanceRefused,
     InstanceMisconfigured,
+    CoordinationUnavailable,
 )
+DATABASE_DOWN = "the database is unavailable"
 
 
 def ndjson_line(payload: dict) -> bytes:
@@ -72,6 +76,11 @@ def error_line(msg: str) -> dict:
 def queued_line(position: int) -> dict:
     """Tell a waiting client its place in line (1 = next)."""
     return {"status": "queued", "position": position, "done": False}
+
+
+def _released() -> bool:
+    """What a released reply answers when asked whether it gives up its wait: it does."""
+    return True
 
 
 class Stopped(Exception):
@@ -232,6 +241,10 @@ class StreamedReply:
         except drain.Draining as error:
             self.finish(complete=False)
             yield self._error_line(str(error))
+        except DATABASE_AWAY as error:  # a back end that is down is named, never "internal"
+            log.error("stream failed: the database is unavailable: %s", error)
+            self.finish(complete=False)
+            yield self._error_line(DATABASE_DOWN)
         except Exception:
             log.exception("stream failed")
             self.finish(complete=False)
@@ -297,6 +310,10 @@ class StreamedReply:
         drain.untrack(self)
         # Once: a no-op after finish().
         self.watch.finished(len(self.pieces), False, self.thinking_pieces)
+        # The admission asks this reply whether it still wants a slot: that closure is a
+        # reference cycle, which would keep the request's body (its messages, the encoded
+        # upstream payload) until the garbage collector's next full pass; break it now.
+        self.admission.giving_up = _released
         try:
             self.admission.close()
         finally:
