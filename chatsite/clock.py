@@ -10,4 +10,11 @@ def utc_now() -> datetime.datetime:
 
 def utc_stamp() -> str:
     """Now, as ISO 8601 UTC with milliseconds: what a chat's messages carry."""
-    return utc_now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stamp_of(utc_now())
+
+
+def stamp_of(moment: datetime.datetime) -> str:
+    """A time as `utc_stamp` writes it; a naive one (as the tables keep them) is UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

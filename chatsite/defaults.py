@@ -25,6 +25,7 @@ MAX_MESSAGE_CHARS = 100_000
 MAX_PROMPT_CHARS = 200_000
 MAX_CHATS_PER_USER = 10_000
 MAX_STORAGE_PER_USER = 256 * 1024 * 1024  # bytes of chat transcripts per user
+SETTINGS_CHAT_FILES = 100  # chats /settings lists (the newest); /list-chats pages through all
 
 # Model options: sampling settings only (chatsite/api/options.py); every answer is bounded.
 MAX_NUM_PREDICT = 4096  # num_predict's upper bound, and what is sent when a client gives none
@@ -42,6 +43,12 @@ UPSTREAM_READ_TIMEOUT = 120.0
 UPSTREAM_MAX_SECONDS = 900.0
 UPSTREAM_MAX_LINE_BYTES = 1024 * 1024
 MODELS_CACHE_SECONDS = 10.0
+
+# Chat titles: None keeps the name taken from the first user message; a model name has that
+# model write a short title after a chat's first answer, in the background, through the
+# same line as everyone (dropped if no slot frees within TITLE_WAIT seconds).
+TITLE_MODEL = None
+TITLE_WAIT = 3.0
 
 # Tools the server runs for the model.
 TOOLS = None  # None: the built-in set

@@ -28,6 +28,7 @@ from .llm.errors import (
 )
 from .site import Site, current_site
 from .storage.chats import ChatLimitReached, ChatNotCreated, ChatNotFound, ChatStorageFull
+from .storage.search import EmptySearch
 from .storage.users import NO_USER_DATA, NoUserData, UserNotSetUp
 from .streaming.reply import ClientGone
 
@@ -83,6 +84,7 @@ DOMAIN_ERRORS: dict[type[Exception], Answer] = {
     ChatLimitReached: Answer(400),
     ChatStorageFull: Answer(400),
     ChatNotCreated: Answer(500),
+    EmptySearch: Answer(400),
     NoUserData: Answer(500, NO_USER_DATA),  # reading or changing settings
     UserNotSetUp: Answer(400, NO_USER_DATA, status="nodata"),  # creating or generating
 }

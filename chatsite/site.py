@@ -12,7 +12,9 @@ from .llm.instances import build_instances
 from .llm.pool import InstancePool
 from .storage.journal import Journal
 from .storage.saves import ChatSaves
+from .storage.search_index import IndexedTranscripts
 from .storage.transcripts import TranscriptStore, make_transcript_store
+from .titles import TitleWriter
 from .tools import ToolRegistry, registry_from_config
 
 
@@ -33,6 +35,8 @@ class Site:
     auto_create_users: bool
     max_chats: int
     max_storage: int  # bytes of transcripts per user
+    settings_chat_files: int  # chats /settings lists
+    titles: TitleWriter | None  # TITLE_MODEL's titles (None: names from first messages)
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
@@ -48,20 +52,26 @@ def build_site(config: dict[str, Any]) -> Site:
         first_wait=float(config["UPSTREAM_CONNECT_TIMEOUT"]),
     )
     coordinator = make_coordinator(config)
-    transcripts = make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"])
+    pool = InstancePool(
+        catalog,
+        coordinator,
+        float(config["INSTANCE_WAIT_TIMEOUT"]),
+        cooldown,
+        max_queue=int(config["MAX_QUEUE"]),
+    )
+    titles = None
+    if config["TITLE_MODEL"]:
+        titles = TitleWriter(pool, config["TITLE_MODEL"], float(config["TITLE_WAIT"]))
+    transcripts = IndexedTranscripts(
+        make_transcript_store(config["CHAT_STORE"], config["CHAT_DIR"])
+    )
     return Site(
         tokens=TokenVerifier(config),
         transcripts=transcripts,
         saves=ChatSaves(transcripts, Journal(config["JOURNAL_DIR"])),
         catalog=catalog,
         coordinator=coordinator,
-        pool=InstancePool(
-            catalog,
-            coordinator,
-            float(config["INSTANCE_WAIT_TIMEOUT"]),
-            cooldown,
-            max_queue=int(config["MAX_QUEUE"]),
-        ),
+        pool=pool,
         tools=registry_from_config(config),
         tool_timeout=float(config["TOOL_TIMEOUT"]),
         max_tool_rounds=int(config["MAX_TOOL_ROUNDS"]),
@@ -69,6 +79,8 @@ def build_site(config: dict[str, Any]) -> Site:
         auto_create_users=bool(config["AUTO_CREATE_USERS"]),
         max_chats=int(config["MAX_CHATS_PER_USER"]),
         max_storage=int(config["MAX_STORAGE_PER_USER"]),
+        settings_chat_files=int(config["SETTINGS_CHAT_FILES"]),
+        titles=titles,
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),

@@ -18,11 +18,13 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
+from peewee import SqliteDatabase
 
 from chatsite import create_app
 from chatsite.coordination import Coordinator
 from chatsite.dev.instance import KNOBS, MODELS, DevInstance
 from chatsite.site import Site
+from chatsite.storage.database import db
 from chatsite.storage.tables import create_tables
 from tests.servers import wait_until
 
@@ -317,3 +319,49 @@ def sessions_on_workers(server, count, workers, attempts=60):
     for session, _ in spare:
         session.close()
     return kept
+
+
+# --- search, export and import ------------------------------------------------------------
+
+
+def save_chat(url: str, token: str, chat_id: str, *texts: str) -> list[dict]:
+    """/chat to the dev instance's `echo` model, saved to `chat_id`: the chat afterwards
+    holds `texts` (user, assistant, user... ending with a user turn) and the echoed reply."""
+    body = {"token": token, "model": "echo", "messages": messages(*texts), "chatfile": chat_id}
+    response, lines = stream(url, "/chat", body)
+    assert response.status_code == 200 and lines and lines[-1]["done"] is True, lines
+    return lines
+
+
+def export_document(*chats: dict) -> dict:
+    """An export document (as /export gives it) holding `chats`."""
+    return {
+        "format": "chatsite-export",
+        "version": 1,
+        "exported_at": "2026-01-02T10:00:00.000Z",
+        "chats": list(chats),
+    }
+
+
+def exported_chat(name: str, *texts: str, created: str = "2025-12-24T18:30:00.000Z") -> dict:
+    """One chat of an export document, its messages alternating user and assistant."""
+    stamped = [{**m, "timestamp": created} for m in messages(*texts)]
+    return {"name": name, "created_at": created, "updated_at": created, "messages": stamped}
+
+
+def post_json(url: str, path: str, body: dict) -> requests.Response:
+    """POST a JSON body to a server."""
+    return requests.post(f"{url}{path}", json=body, timeout=TIMEOUT)
+
+
+def search_index_rows(owner: str) -> int:
+    """Rows of the search index holding `owner`'s chats (on SQLite, also FTS5's own
+    entries for them); call inside a connection."""
+    param = "?" if isinstance(db.obj, SqliteDatabase) else "%s"
+    sql = f"SELECT COUNT(*) FROM chat_search_docs WHERE owner = {param}"
+    count = db.execute_sql(sql, (owner,)).fetchone()[0]
+    if isinstance(db.obj, SqliteDatabase):
+        match = f'owner : "{owner}"'
+        sql = "SELECT COUNT(*) FROM chat_search WHERE chat_search MATCH ?"
+        count += db.execute_sql(sql, (match,)).fetchone()[0]
+    return count

@@ -181,8 +181,9 @@ def test_calls_past_the_round_bound_are_refused(make_live, token_for, upstream):
     assert answers[2].startswith("error: too many tool calls in one round (at most 2)")
 
 
-def test_search_reads_a_bounded_number_of_bytes(live, token_for, user):
-    """Chats full of huge tool-call arguments cost their size, not only their text."""
+def test_search_finds_old_chats_behind_bulky_ones(live, token_for, user):
+    """Chats full of huge tool-call arguments are neither indexed nor read by a search:
+    the index finds the oldest chat too, where a scan would have run out of its budget."""
     token = token_for(user)
     transcripts = live.app.extensions["chatsite"].transcripts
     bulky = {"function": {"name": "calculate", "arguments": {"expression": "9" * 1_000_000}}}
@@ -199,7 +200,10 @@ def test_search_reads_a_bounded_number_of_bytes(live, token_for, user):
 
     found = ask(live.url, token, 'call search_chats {"query": "quince"}')[-1]["fullMsg"]
     assert newest in found
-    assert oldest not in found  # the search stopped within its byte budget
+    assert oldest in found
+    assert "99999" not in found
+    nothing = ask(live.url, token, 'call search_chats {"query": "99999"}')[-1]["fullMsg"]
+    assert "No matches" in nothing
 
 
 def test_a_tool_name_with_a_newline_forges_no_log_line(live, token_for, upstream, caplog):

@@ -1,6 +1,7 @@
 """The operator commands, run through Flask's CLI runner: `init-db` and `issue-token`."""
 
 import uuid
+from pathlib import Path
 
 import jwt
 import pytest
@@ -127,3 +128,28 @@ def test_init_db_on_a_database_it_cannot_open_says_so(make_app, tmp_path):
     assert result.exit_code == 1
     assert "Error: cannot set up the database" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cleanup_removes_only_transcripts_no_chat_lists(make_app, token_for, user):
+    """The chat files no record lists (the SIGKILL test in test_deletes_live.py makes them
+    the way a crash does); anything that is not a chat file of a user's folder stays."""
+    app = make_app()
+    client = app.test_client()
+    token = token_for(user)
+    kept = app_create_chat(lambda path, body: client.post(path, json=body), token)
+    orphan = str(uuid.uuid4())
+    chat_dir = Path(app.config["CHAT_DIR"])
+    (chat_dir / "notes").mkdir(parents=True)  # not a user's folder: never touched
+    (chat_dir / "notes" / f"{orphan}.json").write_text("[]")
+    (chat_dir / user).mkdir(exist_ok=True)
+    (chat_dir / user / f"{orphan}.json").write_text("[]")  # a file no record lists
+
+    first = app.test_cli_runner().invoke(args=["cleanup"])
+    assert first.exit_code == 0, first.output
+    assert "removed 1 chat files" in first.output
+    assert not (chat_dir / user / f"{orphan}.json").exists()
+    assert (chat_dir / "notes" / f"{orphan}.json").exists()
+    again = app.test_cli_runner().invoke(args=["cleanup"])
+    assert "removed 0 chat files and 0 transcript rows" in again.output
+    answer = client.post("/get-chat", json={"token": token, "chatId": kept})
+    assert answer.status_code == 200 and answer.json["contents"] == []

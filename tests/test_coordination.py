@@ -457,3 +457,55 @@ def test_file_slots_reuse_what_this_process_released(tmp_path):
         assert lease is not None
         lease.release()
     assert len(list((tmp_path / "slots").iterdir())) == 1
+
+
+def test_the_generating_chat_lives_with_the_users_lock(coordinator):
+    """The chat a /chat writes is known wherever its lock is, and goes with the lock."""
+    user, other, chat = new_user(), new_user(), str(uuid.uuid4())
+    assert coordinator.generating_chat(user) is None
+    lease = coordinator.try_lock_user(user, chat)
+    assert coordinator.generating_chat(user) == chat
+    assert coordinator.generating_chat(other) is None
+    assert coordinator.try_lock_user(user) is None  # a second request changes nothing
+    assert coordinator.generating_chat(user) == chat
+    lease.release()
+    assert coordinator.generating_chat(user) is None
+    plain = coordinator.try_lock_user(user)  # a /generate, or a /chat with no chatfile
+    assert coordinator.user_busy(user) and coordinator.generating_chat(user) is None
+    plain.release()
+
+
+def test_another_process_sees_the_generating_chat_and_not_a_killed_ones(tmp_path):
+    locks = str(tmp_path / "locks")
+    user, chat = new_user(), str(uuid.uuid4())
+    child = subprocess.Popen(
+        [sys.executable, "-c", GENERATING_CHILD, locks, user, chat],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    coordinator = FileCoordinator(locks)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert coordinator.generating_chat(user) == chat
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=5)
+        assert coordinator.generating_chat(user) is None  # its note stays, its lock does not
+        lease = coordinator.try_lock_user(user)
+        assert coordinator.generating_chat(user) is None  # the next holder writes anew
+        lease.release()
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
+GENERATING_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from chatsite.coordination import FileCoordinator
+    lease = FileCoordinator(sys.argv[1]).try_lock_user(sys.argv[2], sys.argv[3])
+    print("held", flush=True)
+    time.sleep(60)
+    """
+)

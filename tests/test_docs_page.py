@@ -81,6 +81,8 @@ def test_docs_page_lists_every_endpoint_offline(page, live):
     }
     described = {(method, path) for path, methods in spec["paths"].items() for method in methods}
     assert described and shown == described
+    chat_endpoints = {"/list-chats", "/rename-chat", "/delete-chat", "/delete-account"}
+    assert {("post", path) for path in chat_endpoints} <= shown
     assert page.locator(".info .title").inner_text().startswith("chatsite")
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / "docs.png"), full_page=False)

@@ -7,6 +7,7 @@ import requests
 
 from chatsite.storage.chats import create_chat
 from chatsite.storage.database import db
+from chatsite.storage.search_schema import drop_search_index
 from chatsite.storage.tables import Chat, ChatTranscript, User, create_tables
 from tests.helpers import TIMEOUT, app_create_chat, get_chat
 
@@ -26,13 +27,14 @@ def make_older_database(app, store: str) -> tuple[str, str, int]:
     with app.app_context(), db.connection_context():
         db.execute_sql("ALTER TABLE chats RENAME TO chat_files")  # its name back then
         db.execute_sql('ALTER TABLE chat_files DROP COLUMN "transcript_bytes"')
+        drop_search_index()  # nor was there a search index
         User.insert(uuid=user).execute()
         db.execute_sql(
             "INSERT INTO chat_files (id, owner_uuid, name, created_at, updated_at, message_count)"
             " VALUES (?, ?, 'old chat', '2026-01-01', '2026-01-01', 1)".replace("?", db.param),
             (chat_id, user),
         )
-        transcripts = app.extensions["chatsite"].transcripts
+        transcripts = app.extensions["chatsite"].transcripts.inner  # the store, unindexed
         transcripts.create(user, chat_id, messages)
         return user, chat_id, transcripts.size(user, chat_id)
 
@@ -48,17 +50,23 @@ def test_init_db_adds_missing_columns_and_counts_old_chats(make_app, make_live, 
     assert "renamed table chat_files to chats" in result.output
     assert "added column chats.transcript_bytes" in result.output
     assert "recorded the size of 1 chats" in result.output
+    assert "indexed 1 chats for search" in result.output
     assert "transcript_bytes" in columns("chats")
     with app.app_context(), db.connection_context():
         assert Chat.get_by_id(chat_id).transcript_bytes == size > 1000
     again = app.test_cli_runner().invoke(args=["init-db"])
     assert again.exit_code == 0 and "added column" not in again.output
+    assert "indexed" not in again.output
     assert create_tables() == []
 
     # Over HTTP: the old chat is served, and counts against the user's storage bound.
     token = token_for(user)
     live = make_live(CHAT_STORE=store, MAX_STORAGE_PER_USER=size + 1)
     assert get_chat(live.url, token, chat_id)[0]["content"] == "é" * 500
+    found = requests.post(
+        f"{live.url}/search-chats", json={"token": token, "q": "EEE"}, timeout=TIMEOUT
+    )
+    assert [chat["id"] for chat in found.json()["chats"]] == [chat_id]
     response = requests.post(f"{live.url}/create-chat", json={"token": token}, timeout=TIMEOUT)
     assert response.status_code == 400
     assert "chat storage full" in response.json()["msg"]

@@ -1,1 +1,1 @@
-"""The HTTP edge: one blueprint per endpoint, request parsing, the gate before streaming, CORS."""
+"""The HTTP edge: the blueprints (chat endpoints share one), request parsing, the gate, CORS."""

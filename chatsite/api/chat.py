@@ -8,6 +8,7 @@ from ..errors import ApiError
 from ..llm.protocols.base import ChatRequest
 from ..site import Site, current_site
 from ..storage.chats import ensure_room, find_chat
+from ..storage.saves import Saved
 from ..storage.transcripts import transcript_size
 from ..streaming.conversation import ChatReply, Clock, ToolRunner, stamped
 from ..streaming.limits import ChatTooLong, ReplyRoom, body_budget
@@ -17,6 +18,15 @@ from .gate import check_options, choose_model, lock_user, start_reply
 from .schemas import ChatSchema
 
 bp = Blueprint("chat", __name__)
+
+
+def save_after_stream(site: Site, user_id: str, chat_id: str, messages: list[dict]) -> Saved:
+    """Save the chat (or journal it while the database is away); then, after a first
+    answer, have the title model (if any) title it in the background."""
+    saved = site.saves.save(user_id, chat_id, messages)
+    if site.titles is not None:
+        site.titles.after_save(user_id, chat_id, messages)
+    return saved
 
 
 def tool_runner(site: Site, user_id: str, capabilities: set[str]) -> ToolRunner | None:
@@ -62,13 +72,13 @@ def chat():
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
     user = user_to_serve(user_id)
-    save = None
+    save = chat_id = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
         # Refused before the GPU works for it; an accepted reply is always saved.
         ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
-        save = partial(site.saves.save, user_id, chat_id)
+        save = partial(save_after_stream, site, user_id, chat_id)
     room = reply_room(messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)
@@ -81,7 +91,7 @@ def chat():
         site.tools.schemas() if runner is not None else None,
         think,
     )
-    user_lease = lock_user(site, user_id)
+    user_lease = lock_user(site, user_id, chat_id)
     admission = site.pool.admit(request)
     reply = ChatReply(admission, user_lease, request, messages, room, clock, runner, save)
     return start_reply(site, reply, user_id, data.get("queue_updates", False))

@@ -21,7 +21,7 @@ from flask import Flask
 from marshmallow import Schema, fields
 
 from ..media import NDJSON
-from . import responses, schemas
+from . import chat_data, responses, schemas
 from .options import MAX_STOP_CHARS, MAX_STOP_SEQUENCES, SAMPLING_OPTIONS, OptionRules
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,103 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer=responses.ChatContentsSchema,
         errors=(*BODY_ERRORS, 404),
         example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11"},
+    ),
+    ("/list-chats", "POST"): Operation(
+        "A page of the user's chats, newest update first",
+        "Keyset paging on the last update and the id: give `next` back as `before` for the "
+        "next page (`null`: no more). A chat added or updated while someone pages goes to "
+        "the top and never makes another chat skip or show twice. `generating` marks the "
+        "chat a /chat in flight is writing to.",
+        body=schemas.ListChatsSchema,
+        answer=responses.ChatListSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "limit": 50},
+    ),
+    ("/rename-chat", "POST"): Operation(
+        "Name one of the user's chats",
+        "The name is the user's from then on: a title model never replaces it. A chat that "
+        "does not exist and one of another user are both a 404.",
+        body=schemas.RenameChatSchema,
+        answer=responses.OkSchema,
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11", "name": "Rome"},
+    ),
+    ("/delete-chat", "POST"): Operation(
+        "Delete one of the user's chats",
+        "The chat's record and transcript are gone and no longer count against the storage "
+        "limit. An answer being written to it is stopped first, as /stop does. A chat that "
+        "does not exist and one of another user are both a 404.",
+        body=schemas.ChatIdSchema,
+        answer=responses.OkSchema,
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11"},
+        answers={
+            503: "The answer being written did not stop within STOP_TIMEOUT seconds (nothing "
+            "was deleted; with Retry-After), or a back end (database, Redis) is down.",
+        },
+    ),
+    ("/delete-account", "POST"): Operation(
+        "Delete the account and everything kept about it",
+        "`confirm` must be the user's uuid. Any answer in progress is stopped first; then "
+        "every chat, transcript and the user's record are deleted. A later valid token for "
+        "the same uuid starts a fresh user.",
+        body=schemas.DeleteAccountSchema,
+        answer=responses.OkSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "confirm": "<the user's uuid>"},
+        answers={
+            503: "The answer in progress did not stop within STOP_TIMEOUT seconds (nothing "
+            "was deleted; with Retry-After), or a back end (database, Redis) is down.",
+        },
+    ),
+    ("/search-chats", "POST"): Operation(
+        "Find the user's chats by the words in their names and messages",
+        "Every word of `q` must be in the chat (its name or its messages' text); case, "
+        "accents and full-width forms do not matter, and a word also finds the longer words "
+        "it begins (`tomat` finds tomatoes). Text written without spaces (Chinese, Japanese, "
+        "Thai...) is found wherever it occurs. Newest first by last update; through an index "
+        "in the database, kept with every save.",
+        body=chat_data.SearchChatsSchema,
+        answer=chat_data.SearchAnswerSchema,
+        errors=BODY_ERRORS,
+        example={"token": TOKEN, "q": "crème brûlée", "limit": 20},
+    ),
+    ("/export", "POST"): Operation(
+        "Download everything kept about the user",
+        "A streamed attachment (`Content-Disposition`): the user's settings and every chat "
+        "with its messages, newest first by creation. With `format: markdown`, the same as "
+        "one Markdown document (`text/markdown`). /import-chats takes the JSON back.",
+        body=chat_data.ExportSchema,
+        answer=chat_data.ExportDocumentSchema,
+        errors=(*BODY_ERRORS, 500),
+        example={"token": TOKEN, "format": "json"},
+    ),
+    ("/import-chats", "POST"): Operation(
+        "Take an export's chats back as new chats of this user",
+        "Each chat keeps its name, dates and messages and gets a new id; each is imported "
+        "whole or not at all, within the user's chat and storage bounds (a chat past them "
+        "is listed in `refused`; a 400 when none fits). A document that does not validate "
+        "is a 400 naming the field, and nothing is imported. A document larger than the "
+        "body limit can be sent in parts: any part of its `chats` is a document too.",
+        body=chat_data.ImportChatsSchema,
+        answer=chat_data.ImportAnswerSchema,
+        errors=(*BODY_ERRORS, 500),
+        example={
+            "token": TOKEN,
+            "document": {
+                "format": "chatsite-export",
+                "version": 1,
+                "exported_at": "2026-01-02T10:00:00.000Z",
+                "chats": [
+                    {
+                        "name": "Trip to Rome",
+                        "created_at": "2026-01-01T09:00:00.000Z",
+                        "updated_at": "2026-01-01T09:05:00.000Z",
+                        "messages": [{"role": "user", "content": "Hello!"}],
+                    }
+                ],
+            },
+        },
     ),
     ("/models", "POST"): Operation(
         "The models the chat instances serve",
@@ -216,12 +313,15 @@ def describe_custom_fields(
     self: Any, field: fields.Field, ret: dict[str, Any], **kwargs: Any
 ) -> dict[str, Any]:
     """What apispec cannot read from a custom field's own checks."""
-    if isinstance(field, schemas.Nickname):
+    if isinstance(field, schemas.ShownName):
         return {
             "minLength": 1,
-            "maxLength": 32,
-            "description": "Trimmed; 1 to 32 characters; no control characters.",
+            "maxLength": field.max_chars,
+            "description": f"Trimmed; 1 to {field.max_chars} characters; no control or "
+            "invisible formatting characters (Unicode Cc, Cf).",
         }
+    if isinstance(field, schemas.Cursor):
+        return {"description": "The `next` of the page before, as it came (opaque)."}
     if isinstance(field, schemas.ModelName):
         return {
             "description": "A model name as /models lists it; without a tag it also means "

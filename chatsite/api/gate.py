@@ -55,9 +55,12 @@ def check_options(site: Site, model: str, options: dict[str, Any]) -> dict[str, 
     return options
 
 
-def lock_user(site: Site, user_id: str) -> Lease:
-    """Take the user's lock, or fail at once with UserBusy, before any waiting."""
-    lease = site.coordinator.try_lock_user(user_id)
+def lock_user(site: Site, user_id: str, chat_id: str | None = None) -> Lease:
+    """Take the user's lock, or fail at once with UserBusy, before any waiting.
+
+    `chat_id`, the chat the request writes, is "generating" while the lock is held.
+    """
+    lease = site.coordinator.try_lock_user(user_id, chat_id)
     if lease is None:
         raise UserBusy()
     return lease

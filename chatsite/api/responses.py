@@ -48,7 +48,10 @@ class ChatFilesSchema(StrictSchema):
     files = fields.List(
         fields.Nested(ChatEntrySchema),
         required=True,
-        metadata={"description": "The user's chats, most recently updated first."},
+        metadata={
+            "description": "The user's newest chats (SETTINGS_CHAT_FILES, 100 by default), "
+            "most recently updated first; /list-chats pages through all of them."
+        },
     )
 
 
@@ -79,6 +82,36 @@ class ChatContentsSchema(OkSchema):
 
 
 UNTOLD = {"description": "null when the chat server does not tell (the OpenAI API)."}
+
+
+class ChatSummarySchema(StrictSchema):
+    """One chat of a /list-chats page."""
+
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    created_at = fields.String(required=True, metadata={"description": "ISO 8601 UTC."})
+    updated_at = fields.String(
+        required=True,
+        metadata={"description": "ISO 8601 UTC: when a message was last saved to it."},
+    )
+    generating = fields.Boolean(
+        required=True,
+        metadata={"description": "An answer is being written to this chat now (/chat)."},
+    )
+
+
+class ChatListSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.Equal("ok"))
+    chats = fields.List(
+        fields.Nested(ChatSummarySchema),
+        required=True,
+        metadata={"description": "Newest update first; ties: the larger id first."},
+    )
+    next = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Give it as `before` for the next page; null: no more."},
+    )
 
 
 class ModelSchema(StrictSchema):

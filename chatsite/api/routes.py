@@ -2,10 +2,9 @@
 
 from . import (
     chat,
-    create_chat,
+    chats,
     docs,
     generate,
-    get_chat,
     health,
     metrics,
     model_list,
@@ -20,8 +19,7 @@ BLUEPRINTS = [
     for module in (
         settings,
         update_settings,
-        create_chat,
-        get_chat,
+        chats,
         model_list,
         generate,
         chat,

@@ -18,6 +18,7 @@ from marshmallow import (
 
 from .. import defaults
 from ..llm.protocols.base import MAX_MODEL_NAME_CHARS
+from ..storage.chats import BadCursor, decode_cursor
 from ..streaming.limits import MAX_TOOL_CALLS
 from .options import OptionRules
 
@@ -30,9 +31,12 @@ MAX_IMAGE_CHARS = 10 * 1024 * 1024
 # (orjson: 255), far above what the contract's shapes need (tool arguments sit at level 7).
 MAX_NESTING = 64
 NESTING_PATH_NAMES = 6
-# Unicode categories refused in a nickname: control (Cc) and invisible formatting (Cf:
-# U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE, ...).
+# Unicode categories refused in a nickname or a chat name: control (Cc) and invisible
+# formatting (Cf: U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE, ...).
 NICKNAME_FORBIDDEN = {"Cc", "Cf"}
+MAX_CHAT_NAME_CHARS = 100  # what a user may name a chat (titles and first messages: 60)
+MAX_LIST_CHATS = 200
+DEFAULT_LIST_CHATS = 50
 
 
 @dataclass(frozen=True)
@@ -73,17 +77,42 @@ class ModelName(fields.String):
         )
 
 
-class Nickname(fields.String):
-    """A display name: trimmed, 1-32 characters, no control or invisible characters."""
+class ShownName(fields.String):
+    """A name shown to people: trimmed, 1 to `max_chars` characters, no control or
+    invisible characters."""
+
+    max_chars = 32
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs).strip()
-        if not 1 <= len(text) <= 32:
-            raise ValidationError("Must be 1 to 32 characters after trimming.")
+        if not 1 <= len(text) <= self.max_chars:
+            raise ValidationError(f"Must be 1 to {self.max_chars} characters after trimming.")
         if any(unicodedata.category(char) in NICKNAME_FORBIDDEN for char in text):
             raise ValidationError(
                 "Must not contain control or invisible formatting characters (Cc, Cf)."
             )
+        return text
+
+
+class Nickname(ShownName):
+    """The user's display name: 1 to 32 characters."""
+
+
+class ChatName(ShownName):
+    """A name the user gives a chat: 1 to 100 characters."""
+
+    max_chars = MAX_CHAT_NAME_CHARS
+
+
+class Cursor(fields.String):
+    """A `next` cursor of /list-chats, given back as it came."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            decode_cursor(text)
+        except BadCursor:
+            raise ValidationError("Not a cursor this server gave (use `next`).") from None
         return text
 
 
@@ -200,6 +229,27 @@ class ChatIdSchema(LimitedSchema):
     """`{"token", "chatId"}`."""
 
     chatId = fields.UUID(required=True)  # the contract spells it so
+
+
+class ListChatsSchema(LimitedSchema):
+    """`{"token", "before"?, "limit"?}`: a page of the user's chats."""
+
+    before = Cursor(validate=validate.Length(max=200))
+    limit = fields.Integer(
+        validate=validate.Range(1, MAX_LIST_CHATS), load_default=DEFAULT_LIST_CHATS, strict=True
+    )
+
+
+class RenameChatSchema(ChatIdSchema):
+    """`{"token", "chatId", "name"}`."""
+
+    name = ChatName(required=True)
+
+
+class DeleteAccountSchema(LimitedSchema):
+    """`{"token", "confirm"}`: `confirm` must be the user's uuid (checked by the view)."""
+
+    confirm = fields.String(required=True, validate=validate.Length(max=64))
 
 
 class StrictBoolean(fields.Boolean):

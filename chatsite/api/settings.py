@@ -1,7 +1,9 @@
-"""POST /settings: the user's preferences and chats."""
+"""POST /settings: the user's preferences and newest chats."""
 
 from flask import Blueprint
 
+from ..site import current_site
+from ..storage.tables import User
 from ..storage.users import user_prefs
 from .body import authenticated, user_record
 from .schemas import TokenOnlySchema
@@ -9,7 +11,12 @@ from .schemas import TokenOnlySchema
 bp = Blueprint("settings", __name__)
 
 
+def prefs_answer(user: User) -> dict:
+    """The user's preferences as /settings and /update-settings answer them."""
+    return user_prefs(user, current_site().settings_chat_files)
+
+
 @bp.post("/settings")
 def settings():
     user_id, _ = authenticated(TokenOnlySchema)
-    return user_prefs(user_record(user_id))
+    return prefs_answer(user_record(user_id))

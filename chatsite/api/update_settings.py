@@ -5,9 +5,10 @@ from flask import Blueprint
 from ..errors import ApiError
 from ..llm.protocols.ollama import normalize_model
 from ..site import Site, current_site
-from ..storage.users import update_prefs, user_prefs
+from ..storage.users import update_prefs
 from .body import authenticated
 from .schemas import UpdateSettingsSchema
+from .settings import prefs_answer
 
 bp = Blueprint("update_settings", __name__)
 
@@ -30,4 +31,4 @@ def update_settings():
     if site_prefs.get("model"):
         site_prefs["model"] = offered_model(site, site_prefs["model"])
     user = update_prefs(user_id, data["prefs"], site.auto_create_users)
-    return {"status": "ok", "msg": "settings updated", "userprefs": user_prefs(user)}
+    return {"status": "ok", "msg": "settings updated", "userprefs": prefs_answer(user)}

@@ -43,11 +43,18 @@ class Ticket(Protocol):
 class Coordinator(Protocol):
     """Hand out user locks and instance slots; keep the lines; carry stop requests."""
 
-    def try_lock_user(self, user_id: str) -> Lease | None:
-        """Take the user's lock at once, or return None if it is held."""
+    def try_lock_user(self, user_id: str, chat_id: str | None = None) -> Lease | None:
+        """Take the user's lock at once, or return None if it is held.
+
+        `chat_id`: the chat the request writes (a /chat with `chatfile`), recorded with
+        the lock for `generating_chat` until the lock is released.
+        """
 
     def user_busy(self, user_id: str) -> bool:
         """Tell whether the user's lock is held anywhere (a request is in flight)."""
+
+    def generating_chat(self, user_id: str) -> str | None:
+        """The chat the user's request in flight writes, wherever it runs, or None."""
 
     def try_acquire_slot(self, instance: str, capacity: int) -> Lease | None:
         """Take one of the instance's `capacity` slots at once, or return None."""

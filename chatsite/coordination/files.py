@@ -31,12 +31,15 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 class FileLease:
     """An flock held through an open descriptor; `release()` unlocks and closes it once."""
 
-    __slots__ = ("_after", "_fd", "_guard")
+    __slots__ = ("_after", "_clear", "_fd", "_guard")
 
-    def __init__(self, fd: int, after: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, fd: int, after: Callable[[], None] | None = None, clear: bool = False
+    ) -> None:
         self._fd: int | None = fd
         self._guard = threading.Lock()  # a second close could hit a reused descriptor number
         self._after = after
+        self._clear = clear  # empty the file before unlocking (what the holder wrote in it)
 
     def release(self) -> None:
         """Unlock and close; later calls do nothing."""
@@ -45,6 +48,8 @@ class FileLease:
         if fd is None:
             return
         try:
+            if self._clear:
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -68,11 +73,20 @@ class FileCoordinator:
         self.signals = LocalSignals()
         self._queue = FileQueue(self.lock_dir, self.signals)
 
-    def _try_lock(self, path: str, after: Callable[[], None] | None = None) -> Lease | None:
-        """Lock `path` at once, or return None if someone (even this process) holds it."""
+    def _try_lock(
+        self, path: str, after: Callable[[], None] | None = None, note: bytes | None = None
+    ) -> Lease | None:
+        """Lock `path` at once, or return None if someone (even this process) holds it.
+
+        `note`: what the file says while it is held (emptied again on release).
+        """
         fd = os.open(path, _OPEN_FLAGS, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if note is not None:
+                # A holder killed with SIGKILL leaves its note behind: always write anew.
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note, 0)
         except OSError as error:
             os.close(fd)
             if error.errno in LOCK_HELD:
@@ -81,18 +95,34 @@ class FileCoordinator:
         except BaseException:
             os.close(fd)
             raise
-        return FileLease(fd, after)
+        return FileLease(fd, after, clear=note is not None)
 
     def _user_path(self, user_id: str) -> str:
         return os.path.join(self._users_dir, f"{canonical_uuid(user_id)}.lock")
 
-    def try_lock_user(self, user_id: str) -> Lease | None:
-        """Take the user's lock at once, or None if any worker of this host holds it."""
-        return self._try_lock(self._user_path(user_id))
+    def try_lock_user(self, user_id: str, chat_id: str | None = None) -> Lease | None:
+        """Take the user's lock at once, or None if any worker of this host holds it.
+
+        The lock file holds the chat the request writes (empty: none) while it is held.
+        """
+        note = canonical_uuid(chat_id).encode() if chat_id is not None else b""
+        return self._try_lock(self._user_path(user_id), note=note)
 
     def user_busy(self, user_id: str) -> bool:
         """Tell whether a worker of this host holds the user's lock."""
         return holder_alive(self._user_path(user_id))
+
+    def generating_chat(self, user_id: str) -> str | None:
+        """The chat written by the request holding the user's lock on this host, or None."""
+        path = self._user_path(user_id)
+        if not holder_alive(path):
+            return None
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(64).decode("ascii", "replace")
+        except FileNotFoundError:
+            return None
+        return text or None
 
     def _slot_path(self, instance: str, index: int) -> str:
         return os.path.join(self._slots_dir, f"{instance_key(instance)}.{index}.lock")

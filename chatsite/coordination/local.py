@@ -30,25 +30,28 @@ class LocalCoordinator:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._users: set[str] = set()
+        self._users: dict[str, str | None] = {}  # user -> the chat its request writes
         self._slots: dict[str, int] = {}
         self._lines: dict[str, list[int]] = {}
         self._numbers = itertools.count(1)
         self.signals = LocalSignals()
 
-    def try_lock_user(self, user_id: str) -> Lease | None:
+    def try_lock_user(self, user_id: str, chat_id: str | None = None) -> Lease | None:
         with self._changed:
             if user_id in self._users:
                 return None
-            self._users.add(user_id)
+            self._users[user_id] = chat_id
         return ReleaseOnce(lambda: self._unlock_user(user_id))
 
     def _unlock_user(self, user_id: str) -> None:
         with self._changed:
-            self._users.discard(user_id)
+            self._users.pop(user_id, None)
 
     def user_busy(self, user_id: str) -> bool:
         return user_id in self._users
+
+    def generating_chat(self, user_id: str) -> str | None:
+        return self._users.get(user_id)
 
     def try_acquire_slot(self, instance: str, capacity: int) -> Lease | None:
         with self._changed:

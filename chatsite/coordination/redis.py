@@ -153,11 +153,16 @@ class RedisCoordinator:
 
     # -- the Coordinator protocol --
 
-    def try_lock_user(self, user_id: str) -> Lease | None:
-        """Take the user's lock at once, or None if held on any host; Redis errors raise."""
+    def try_lock_user(self, user_id: str, chat_id: str | None = None) -> Lease | None:
+        """Take the user's lock at once, or None if held on any host; Redis errors raise.
+
+        The key holds `<token>` or `<token> <chat id>`: the chat lives and expires with it.
+        """
         self._check_open()
         key = f"{self.prefix}:user:{canonical_uuid(user_id)}"
         token = secrets.token_hex(16)
+        if chat_id is not None:
+            token = f"{token} {canonical_uuid(chat_id)}"
         if not self._redis.set(key, token, nx=True, px=self._ttl_ms):
             return None
         return self._hold(key, token)
@@ -165,6 +170,12 @@ class RedisCoordinator:
     def user_busy(self, user_id: str) -> bool:
         """Tell whether any host holds the user's lock."""
         return bool(self._redis.exists(f"{self.prefix}:user:{canonical_uuid(user_id)}"))
+
+    def generating_chat(self, user_id: str) -> str | None:
+        """The chat written by the request holding the user's lock on any host, or None."""
+        value = self._redis.get(f"{self.prefix}:user:{canonical_uuid(user_id)}")
+        _, _, chat_id = (value or b"").decode("ascii", "replace").partition(" ")
+        return chat_id or None
 
     def _slot_keys(self, instance: str, capacity: int) -> list[str]:
         # The {hash tag} keeps an instance's slots in one cluster slot (multi-key Lua, EXISTS).

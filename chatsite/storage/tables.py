@@ -9,6 +9,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from ..clock import utc_now
 from .database import BaseModel, db
+from .search_schema import create_search_index
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class Chat(BaseModel):
     # default lets `init-db` add the column to an older database in place (0: not counted
     # yet; an empty chat takes 2 bytes, "[]", so a saved chat is never 0).
     transcript_bytes = IntegerField(default=0, constraints=[SQL("DEFAULT 0")])
+    # Who gave the chat its name: "new" (none yet), "message" (its first user message),
+    # "title" (TITLE_MODEL) or "user" (/rename-chat: never overwritten).
+    named_by = CharField(max_length=8, default="new", constraints=[SQL("DEFAULT 'new'")])
 
     class Meta:
         table_name = "chats"  # "chat_files" before transcripts could live in the database
@@ -52,11 +56,14 @@ class Chat(BaseModel):
 
     @classmethod
     def newest_first(cls, owner: str, *fields):
-        """Select the owner's chats, most recently updated first."""
+        """Select the owner's chats, most recently updated first (ties: the larger id).
+
+        (updated_at, id) is unique: the order that /list-chats pages through by keyset.
+        """
         return (
             cls.select(*fields)
             .where(cls.owner == owner)
-            .order_by(cls.updated_at.desc(), cls.created_at.desc(), cls.id)
+            .order_by(cls.updated_at.desc(), cls.id.desc())
         )
 
 
@@ -87,7 +94,9 @@ def create_tables() -> list[str]:
     with db.connection_context():
         changes = rename_old_tables()
         db.create_tables(ALL_TABLES, safe=True)
-        return changes + [f"added column {column}" for column in add_missing_columns()]
+        changes += [f"added column {column}" for column in add_missing_columns()]
+        create_search_index(Chat._meta.table_name)
+        return changes
 
 
 def rename_old_tables() -> list[str]:

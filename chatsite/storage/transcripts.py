@@ -25,6 +25,8 @@ TEMP_PREFIX = ".tmp-"
 STALE_TEMP_SECONDS = 60
 # Tests only: the path of a file that every chat file fsync waits for (see `gated_fsync`).
 FSYNC_GATE_VARIABLE = "CHATSITE_TEST_FSYNC_GATE"
+# Tests only: the same for every removal of chat files (a delete held half-way).
+REMOVE_GATE_VARIABLE = "CHATSITE_TEST_REMOVE_GATE"
 
 
 class TranscriptMissing(LookupError):
@@ -55,6 +57,7 @@ class TranscriptStore(Protocol):
     def read(self, user_id: str, chat_id: str) -> list[dict]: ...
     def size(self, user_id: str, chat_id: str) -> int: ...
     def delete(self, user_id: str, chat_id: str) -> None: ...
+    def delete_all(self, user_id: str) -> None: ...
 
 
 class StagedWrites:
@@ -110,19 +113,23 @@ class StagedFile:
         self.committed = True
 
 
-def gated_fsync(gate: Path) -> Callable[[int], None]:
-    """Tests only: an fsync that blocks its thread, as a slow disk does, until `gate` exists.
+def wait_at_gate(gate: Path) -> None:
+    """Tests only: block this thread, as a slow disk does, until `gate` exists.
 
-    It creates `<gate>.waiting` first, so a test knows a save is held there. The wait is a
-    real blocking sleep (never gevent's), so it holds up whatever thread runs the fsync.
+    It creates `<gate>.waiting` first, so a test knows a call is held there. The wait is a
+    real blocking sleep (never gevent's), so it holds up whatever thread runs the call.
     """
     sleep = monkey.get_original("time", "sleep")
-    waiting = gate.with_name(gate.name + ".waiting")
+    gate.with_name(gate.name + ".waiting").touch()
+    while not gate.exists():
+        sleep(0.01)
+
+
+def gated_fsync(gate: Path) -> Callable[[int], None]:
+    """Tests only: an fsync that waits at `gate` first (see `wait_at_gate`)."""
 
     def fsync(fd: int) -> None:
-        waiting.touch()
-        while not gate.exists():
-            sleep(0.01)
+        wait_at_gate(gate)
         os.fsync(fd)
 
     return fsync
@@ -135,10 +142,16 @@ class FileTranscriptStore(StagedWrites):
     save that waits for it, never the worker's other streams.
     """
 
-    def __init__(self, root: str | os.PathLike, fsync: Callable[[int], None] = os.fsync) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        fsync: Callable[[int], None] = os.fsync,
+        remove_gate: Path | None = None,
+    ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
+        self._remove_gate = remove_gate  # tests only: removals wait there
 
     def path(self, user_id: str, chat_id: str) -> Path:
         """Return the chat's file path, guaranteed to be inside the root."""
@@ -189,7 +202,55 @@ class FileTranscriptStore(StagedWrites):
 
     def delete(self, user_id: str, chat_id: str) -> None:
         """Remove the chat file if it is there."""
-        self.path(user_id, chat_id).unlink(missing_ok=True)
+        path = self.path(user_id, chat_id)
+        if self._remove_gate is not None:
+            off_the_loop(wait_at_gate, self._remove_gate)
+        path.unlink(missing_ok=True)
+
+    def folder(self, user_id: str) -> Path:
+        """The user's folder of chat files (it may not exist)."""
+        return self.root / canonical_uuid(user_id)
+
+    def delete_all(self, user_id: str) -> None:
+        """Remove the user's folder with every file in it (many: off the event loop)."""
+        off_the_loop(self._remove_folder, self.folder(user_id))
+
+    def _remove_folder(self, folder: Path) -> None:
+        if self._remove_gate is not None:
+            wait_at_gate(self._remove_gate)
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            return
+        for entry in entries:  # only files are ever made here; a stray folder stays
+            if not entry.is_dir(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            folder.rmdir()
+
+    def user_ids(self) -> list[str]:
+        """The users that have a folder here (folders not named by a uuid are not ours)."""
+        return [entry.name for entry in os.scandir(self.root) if _is_uuid_name(entry.name)]
+
+    def chat_ids(self, user_id: str) -> list[str]:
+        """The chats whose file is in the user's folder (temp files are not chats)."""
+        try:
+            names = os.listdir(self.folder(user_id))
+        except FileNotFoundError:
+            return []
+        return [
+            name.removesuffix(".json")
+            for name in names
+            if name.endswith(".json") and _is_uuid_name(name.removesuffix(".json"))
+        ]
+
+    def remove_folder_if_empty(self, user_id: str) -> bool:
+        """Remove the user's folder if nothing is left in it; tell whether it was."""
+        try:
+            self.folder(user_id).rmdir()
+        except OSError:  # not empty, or gone already
+            return False
+        return True
 
     def clean_stray_temp_files(self) -> int:
         """Remove temp files left by a crash mid-write (old enough to be nobody's)."""
@@ -272,12 +333,28 @@ class DatabaseTranscriptStore(StagedWrites):
         """Remove the contents row if it is there."""
         ChatTranscript.delete().where(ChatTranscript.chat == canonical_uuid(chat_id)).execute()
 
+    def delete_all(self, user_id: str) -> None:
+        """Nothing left to do: the rows went in the transaction that removed the records."""
+
+
+def _is_uuid_name(name: str) -> bool:
+    """A file or folder name that is a uuid as chatsite writes them (canonical)."""
+    try:
+        return canonical_uuid(name) == name
+    except ValueError:
+        return False
+
 
 def make_transcript_store(kind: str, chat_dir: str) -> TranscriptStore:
     """Build the configured transcript store."""
     if kind == "files":
         gate = os.environ.get(FSYNC_GATE_VARIABLE)
-        store = FileTranscriptStore(chat_dir, gated_fsync(Path(gate)) if gate else os.fsync)
+        remove_gate = os.environ.get(REMOVE_GATE_VARIABLE)
+        store = FileTranscriptStore(
+            chat_dir,
+            gated_fsync(Path(gate)) if gate else os.fsync,
+            Path(remove_gate) if remove_gate else None,
+        )
         store.clean_stray_temp_files()
         return store
     if kind == "database":

@@ -5,8 +5,9 @@ import weakref
 
 from peewee import Database, IntegrityError
 
+from .chats import list_chats
 from .database import db, write_transaction
-from .tables import Chat, User, stored_now
+from .tables import User, stored_now
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,21 @@ def require_user(user_id: str, create: bool) -> User:
     return user
 
 
-def user_prefs(user: User) -> dict:
-    """Serialize the user's preferences as /settings answers them."""
-    chats = Chat.newest_first(user.uuid, Chat.id, Chat.name).tuples()
+def user_prefs(user: User, max_chats: int) -> dict:
+    """Serialize the user's preferences as /settings answers them.
+
+    Only the newest `max_chats` chats (SETTINGS_CHAT_FILES) are listed, in the contract's
+    `{"id", "name"}` shape, so the answer stays small whatever the number of chats;
+    /list-chats pages through all of them (and tells which one is generating).
+    """
+    chats, _ = list_chats(user.uuid, max_chats)
+    files = [{"id": chat.id, "name": chat.name} for chat in chats]
     return {
         "uuid": user.uuid,
         "nickname": user.nickname,
         "prompt_data": {"system": user.system_prompt},
         "site_prefs": {"model": user.preferred_model},
-        "chat_files": {"files": [{"id": chat_id, "name": name} for chat_id, name in chats]},
+        "chat_files": {"files": files},
     }
 
 

@@ -9,9 +9,9 @@ import json
 import logging
 import zoneinfo
 
+from ..storage.search import search_chats as search_index
 from .calculator import evaluate, format_number
 from .context import ToolContext
-from .search import find_in_chats
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +69,30 @@ def calculate(context: ToolContext, expression: str) -> str:
 
 
 def search_chats(context: ToolContext, query: str, limit: int = 5) -> str:
-    """Search the user's own saved chats for a word or phrase (case-insensitive).
-    Returns a JSON list of matches, newest chats first, each with chat_id, chat_name, the
-    message's role and an excerpt around the hit.
+    """Search the user's own saved chats for words (any case, any accents, any script).
+    Returns a JSON list of the chats holding every word, newest first, each with chat_id,
+    chat_name, the role of the message the excerpt is from (null: the chat's name) and an
+    excerpt around the first hit.
 
-    Lets the model recall earlier conversations; only context.user_id's chats are read.
+    Lets the model recall earlier conversations; only context.user_id's chats are read,
+    through the search index (storage/search.py), as /search-chats does.
 
     Args:
-        query: The text to look for, 1 to 200 characters.
-        limit: How many matches to return at most, 1 to 20. Defaults to 5.
+        query: The words to look for, 1 to 200 characters.
+        limit: How many chats to return at most, 1 to 20. Defaults to 5.
     """
     text = query.strip()
     if not 1 <= len(text) <= MAX_QUERY_CHARS:
         raise ValueError(f"query must be 1 to {MAX_QUERY_CHARS} characters")
     if not 1 <= limit <= MAX_SEARCH_RESULTS:
         raise ValueError(f"limit must be from 1 to {MAX_SEARCH_RESULTS}")
-    matches = find_in_chats(context.transcripts, context.user_id, text, limit)
-    if not matches:
+    hits = search_index(context.transcripts, context.user_id, text, limit)
+    if not hits:
         return f"No matches for {json.dumps(text, ensure_ascii=False)} in your saved chats."
+    matches = [
+        {"chat_id": hit.chat_id, "chat_name": hit.name, "role": hit.role, "excerpt": hit.snippet}
+        for hit in hits
+    ]
     return json.dumps(matches, ensure_ascii=False)
 
 
