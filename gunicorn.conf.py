@@ -131,15 +131,24 @@ def post_fork(server, worker):
 
 def post_worker_init(worker):
     """Fetch the model catalog in the background (no first request waits for it); on SIGTERM,
-    let streams run until just before gunicorn's deadline, then end them."""
+    let streams run until just before gunicorn's deadline, then end them. Answers that
+    outlive their client have no connection to keep the worker serving: it waits for them."""
     from chatsite.site import start_background_work
-    from chatsite.streaming import drain
+    from chatsite.streaming import detached, drain
 
     start_background_work(worker.wsgi)
 
     from chatsite.collector import tune_for_worker
 
     tune_for_worker()  # the app is loaded: its objects leave the collector's passes
+
+    serve = worker.run
+
+    def run():
+        serve()
+        detached.wait_for(worker.cfg.graceful_timeout, worker.notify)
+
+    worker.run = run
 
     grace = max(worker.cfg.graceful_timeout * 0.8, worker.cfg.graceful_timeout - 10)
     original = worker.handle_exit

@@ -66,6 +66,13 @@ LEASE_TTL = 15.0
 LOCK_DIR = None
 USER_LOCK_RETRY_AFTER = 2
 
+# Answers that outlive their client (a /chat with a chatfile): an answer nobody reads for
+# DETACHED_MAX_SECONDS is stopped (saved incomplete); /resume finds an answer until
+# RESUME_KEEP_SECONDS after its end, with at most RESUME_KEEP_LINES of its latest lines.
+DETACHED_MAX_SECONDS = 300.0
+RESUME_KEEP_SECONDS = 60.0
+RESUME_KEEP_LINES = 10_000
+
 # Reverse proxies in front of the app whose X-Forwarded-* headers are trusted (nginx: 1),
 # and the peer addresses they connect from: a request from any other peer keeps its own.
 PROXY_HOPS = 0

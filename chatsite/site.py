@@ -14,6 +14,8 @@ from .storage.journal import Journal
 from .storage.saves import ChatSaves
 from .storage.search_index import IndexedTranscripts
 from .storage.transcripts import TranscriptStore, make_transcript_store
+from .streaming.linelog import make_line_store
+from .streaming.linelog.answers import LineLogs
 from .titles import TitleWriter
 from .tools import ToolRegistry, registry_from_config
 
@@ -40,6 +42,8 @@ class Site:
     retry_after: int
     queue_retry_after: int
     stop_timeout: float
+    line_logs: LineLogs  # answers that outlive their client, for /resume
+    detached_max: float  # seconds an answer nobody reads goes on
 
 
 def build_site(config: dict[str, Any]) -> Site:
@@ -84,6 +88,12 @@ def build_site(config: dict[str, Any]) -> Site:
         retry_after=int(config["USER_LOCK_RETRY_AFTER"]),
         queue_retry_after=int(config["QUEUE_RETRY_AFTER"]),
         stop_timeout=float(config["STOP_TIMEOUT"]),
+        line_logs=LineLogs(
+            make_line_store(config, coordinator),
+            float(config["RESUME_KEEP_SECONDS"]),
+            int(config["RESUME_KEEP_LINES"]),
+        ),
+        detached_max=float(config["DETACHED_MAX_SECONDS"]),
     )
 
 

@@ -91,8 +91,11 @@ class TitleWriter:
     def ask(self, text: str) -> str | None:
         """The model's title for a chat that begins with `text`, waiting in line at most
         `wait` seconds for a slot (NoInstanceAvailable after that)."""
+        model = self.pool.catalog.resolve(self.model)  # as the catalog lists it: its line
+        if model is None:
+            raise UnknownModel(f"title model {self.model!r} is not offered")
         messages = [{"role": "user", "content": TITLE_PROMPT + text[:MAX_SOURCE_CHARS]}]
-        admission = self.pool.admit(ChatRequest(self.model, messages, options=dict(TITLE_OPTIONS)))
+        admission = self.pool.admit(ChatRequest(model, messages, options=dict(TITLE_OPTIONS)))
         admission.deadline = time.monotonic() + self.wait
         try:
             for _position in admission.steps():

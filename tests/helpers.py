@@ -156,28 +156,41 @@ def ndjson(lines: Iterable[bytes | str]) -> Iterator[dict]:
     return (json.loads(line) for line in lines if line)
 
 
+def numbered(lines: Iterable[dict], first: int = 0) -> Iterator[dict]:
+    """A /chat stream's lines without their `seq`, each checked to be the next number."""
+    for expected, line in enumerate(lines, first):
+        seq = line.pop("seq", None)
+        assert seq == expected, f"line {line} has seq {seq}, not {expected}"
+        yield line
+
+
 def stream(
     url: str, path: str, body: dict, timeout: float = TIMEOUT
 ) -> tuple[requests.Response, list[dict] | None]:
-    """POST to a streamed endpoint and read it all: (response, lines), or None for JSON."""
+    """POST to a streamed endpoint and read it all: (response, lines), or None for JSON.
+
+    The lines of /chat are checked to be numbered 0, 1, 2, ... (`seq`), and given without it.
+    """
     response = requests.post(f"{url}{path}", json=body, stream=True, timeout=timeout)
     if response.headers.get("Content-Type") != NDJSON:
         return response, None
-    return response, list(ndjson(response.iter_lines()))
+    lines = ndjson(response.iter_lines())
+    return response, list(numbered(lines) if path == "/chat" else lines)
 
 
 class Stream:
     """A /chat answer being read: `first` is its first line, `lines` yields the rest.
 
     Keep the object while the stream should stay open: closing it (or dropping the line
-    generator) closes the connection, as a client going away does.
+    generator) closes the connection, as a client going away does. Lines are checked to be
+    numbered and given without their `seq`.
     """
 
     def __init__(self, url: str, body: dict, session: requests.Session | None = None):
         post = (session or requests).post
         self.response = post(f"{url}/chat", json=body, stream=True, timeout=TIMEOUT)
         assert self.response.status_code == 200, self.response.text
-        self.lines = ndjson(self.response.iter_lines())
+        self.lines = numbered(ndjson(self.response.iter_lines()))
         self.first = next(self.lines)
         assert self.first["status"] == "ok" and self.first["done"] is False
 

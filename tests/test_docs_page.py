@@ -81,7 +81,10 @@ def test_docs_page_lists_every_endpoint_offline(page, live):
     }
     described = {(method, path) for path, methods in spec["paths"].items() for method in methods}
     assert described and shown == described
-    chat_endpoints = {"/list-chats", "/rename-chat", "/delete-chat", "/delete-account"}
+    chat_endpoints = {
+        *("/list-chats", "/rename-chat", "/delete-chat", "/delete-account"),
+        *("/search-chats", "/export", "/import-chats", "/resume"),
+    }
     assert {("post", path) for path in chat_endpoints} <= shown
     assert page.locator(".info .title").inner_text().startswith("chatsite")
     if SCREENSHOTS:

@@ -76,5 +76,11 @@ def test_pip_install_then_gunicorn_serves_a_chat(tmp_path, upstream, token_for):
         assert response.status_code == 200, response.text
         assert response.headers["Content-Type"] == "application/x-ndjson"
         lines = [json.loads(line) for line in response.iter_lines() if line]
-        assert lines[-1] == {"status": "ok", "msg": "", "fullMsg": "You said: hi", "done": True}
+        assert lines[-1] == {
+            "status": "ok",
+            "msg": "",
+            "fullMsg": "You said: hi",
+            "done": True,
+            "seq": len(lines) - 1,
+        }
         assert "Using worker: gevent" in server.log(10**6)

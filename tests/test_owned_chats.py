@@ -170,7 +170,8 @@ def test_the_chat_being_answered_is_generating(server, token_for):
         flags = {c["id"]: c["generating"] for c in page(server, token)["chats"]}
         assert flags == {answered: True, other: False}
     finally:
-        reply.close()
+        reply.close()  # the answer outlives its client (a chatfile): /stop ends it
+    assert requests.post(f"{server.url}/stop", json={"token": token}, timeout=TIMEOUT).ok
     assert wait_until(lambda: not any(c["generating"] for c in page(server, token)["chats"]))
 
 

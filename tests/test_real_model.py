@@ -149,7 +149,7 @@ def test_two_users_on_one_slot_are_served_in_order(site, llama):
     )
     assert b.status_code == 200, b.text
     b_lines = ndjson(b.iter_lines())
-    assert next(b_lines) == {"status": "queued", "position": 1, "done": False}
+    assert next(b_lines) == {"status": "queued", "position": 1, "done": False, "seq": 0}
     readers = [
         threading.Thread(target=read, args=("a", a.lines)),
         threading.Thread(target=read, args=("b", b_lines)),

@@ -315,15 +315,18 @@ def test_partial_reply_saved_as_incomplete_on_upstream_error(kind_live, token_fo
     assert contents[-1]["content"].startswith("You said:")
 
 
-def test_partial_reply_saved_as_incomplete_on_disconnect(kind_live, token_for, upstream, user):
+def test_a_reply_with_a_chatfile_outlives_its_client(kind_live, token_for, upstream, user):
+    """The client goes after its first line; the answer goes on and is saved complete."""
     token = token_for(user)
     chat_id = create_chat(kind_live.url, token)
-    Stream(kind_live.url, slow_body(token, chatfile=chat_id)).close()
+    Stream(kind_live.url, slow_body(token, delay=0.01, repeat=25, chatfile=chat_id)).close()
     assert wait_until(lambda: user_is_free(site_of(kind_live.app).coordinator, user))
     contents = get_chat(kind_live.url, token, chat_id)
     assert contents[-1]["role"] == "assistant"
-    assert contents[-1]["incomplete"] is True
-    assert contents[-1]["content"].startswith("You ")
+    assert "incomplete" not in contents[-1] and "generating" not in contents[-1]
+    assert contents[-1]["content"] == "You said: hello there" * 25
+    assert upstream.stats()["completed_streams"] == 1
+    assert upstream.stats()["disconnected_streams"] == 0
 
 
 def test_models_lists_union_once_with_capabilities(make_live, token_for, upstream):

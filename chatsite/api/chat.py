@@ -72,13 +72,14 @@ def chat():
     messages = stamped(data["messages"], clock)  # stamped on arrival, before any reply
     site = current_site()
     user = user_to_serve(user_id)
-    save = chat_id = None
+    save = checkpoint = chat_id = None
     if "chatfile" in data:
         chat_id = str(data["chatfile"])
         find_chat(user_id, chat_id)
         # Refused before the GPU works for it; an accepted reply is always saved.
         ensure_room(user_id, chat_id, transcript_size(messages), site.max_storage)
         save = partial(save_after_stream, site, user_id, chat_id)
+        checkpoint = partial(site.saves.checkpoint, user_id, chat_id)
     room = reply_room(messages, save is not None)
     model, capabilities = choose_model(site, data.get("model"), user)
     think = think_flag(data, model, capabilities)
@@ -93,5 +94,7 @@ def chat():
     )
     user_lease = lock_user(site, user_id, chat_id)
     admission = site.pool.admit(request)
-    reply = ChatReply(admission, user_lease, request, messages, room, clock, runner, save)
-    return start_reply(site, reply, user_id, data.get("queue_updates", False))
+    reply = ChatReply(
+        admission, user_lease, request, messages, room, clock, runner, save, checkpoint
+    )
+    return start_reply(site, reply, user_id, data.get("queue_updates", False), chat_id)

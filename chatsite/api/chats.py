@@ -16,6 +16,7 @@ from ..storage.imports import import_chats as import_chats_for
 from ..storage.search import search_chats as find_chats
 from .body import authenticated, user_record, user_to_serve
 from .chat_data import ExportSchema, ImportChatsSchema, SearchChatsSchema
+from .generating import generating, generating_chat
 from .schemas import (
     ChatIdSchema,
     DeleteAccountSchema,
@@ -42,8 +43,22 @@ def create_chat():
 def get_chat():
     """The messages of one of the user's chats."""
     user_id, data = authenticated(ChatIdSchema)
-    contents = read_chat(current_site().transcripts, user_id, str(data["chatId"]))
+    site = current_site()
+    chat_id = str(data["chatId"])
+    contents = read_chat(site.transcripts, user_id, chat_id)
+    if generating(site, user_id, chat_id):
+        contents = answer_in_progress(contents)
     return {"status": "ok", "msg": "", "contents": contents}
+
+
+def answer_in_progress(contents: list[dict]) -> list[dict]:
+    """The chat with its answer so far (as last saved) marked as still being produced."""
+    last = contents[-1] if contents else None
+    if last is None or last.get("role") != "assistant" or not last.get("incomplete"):
+        last = {"role": "assistant", "content": ""}  # not saved yet: nothing so far
+        contents = [*contents, last]
+    contents[-1] = {**last, "incomplete": True, "generating": True}
+    return contents
 
 
 @bp.post("/list-chats")
@@ -51,14 +66,14 @@ def list_chats_page():
     """A page of the user's chats, newest update first, with the cursor of the next."""
     user_id, data = authenticated(ListChatsSchema)
     chats, cursor = list_chats(user_id, data["limit"], data.get("before"))
-    generating = current_site().coordinator.generating_chat(user_id)
+    in_progress = generating_chat(current_site(), user_id)
     listed = [
         {
             "id": chat.id,
             "name": chat.name,
             "created_at": stamp_of(chat.created_at),
             "updated_at": stamp_of(chat.updated_at),
-            "generating": chat.id == generating,
+            "generating": chat.id == in_progress,
         }
         for chat in chats
     ]
@@ -98,7 +113,7 @@ def delete_chat():
     chat_id = str(data["chatId"])
     site = current_site()
     find_chat(user_id, chat_id)  # another user's chat: a 404, and nothing is stopped
-    if site.coordinator.generating_chat(user_id) == chat_id:
+    if generating(site, user_id, chat_id):
         while_held(site, user_id, lambda: delete_chat_of(site.transcripts, user_id, chat_id))
     else:
         delete_chat_of(site.transcripts, user_id, chat_id)

@@ -262,6 +262,24 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             "stop in time`, with Retry-After), or a back end (database, Redis) is down.",
         },
     ),
+    ("/resume", "POST"): Operation(
+        "Follow the answer of a chat again, from a line on",
+        "Re-attaches to the user's answer of the chat (a /chat with `chatfile`), wherever it "
+        "runs: the lines with `seq >= from` (default 0: the whole answer), then the live "
+        "stream to its last line, the one the original client would have had. Works while "
+        "the answer runs and RESUME_KEEP_SECONDS after it ended. Several readers may follow "
+        "one answer. If older lines than `from` are no longer kept, the first line carries "
+        "`gap: true`; if the answer's server was killed, the last line is an error line.",
+        body=schemas.ResumeSchema,
+        lines=(responses.ChatLineSchema, responses.QueuedLineSchema, responses.StreamErrorSchema),
+        errors=(*BODY_ERRORS, 404),
+        example={"token": TOKEN, "chatId": "6f1c8a52-3f7e-4f0e-9a51-2b7d0d2c9e11", "from": 0},
+        answers={
+            404: "`nothing to resume`: no answer of this chat is running or ended within "
+            "RESUME_KEEP_SECONDS (another user's chat, an unknown chat too); the saved chat "
+            "is in /get-chat.",
+        },
+    ),
     ("/healthz", "GET"): Operation(
         "Database and chat instances, for load balancers",
         "200 when the database answers and at least one instance is reachable, else 503 "

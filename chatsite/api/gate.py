@@ -18,6 +18,7 @@ from ..llm.errors import UNAUTHORIZED, InstanceMisconfigured, NoInstanceAvailabl
 from ..site import Site
 from ..storage.database import db
 from ..storage.tables import User
+from ..streaming.detached import DetachedAnswer, FollowedAnswer
 from ..streaming.reply import StreamedReply, ndjson_response
 
 
@@ -85,8 +86,17 @@ def client_watch(environ: dict[str, Any]) -> Callable[[], bool]:
     return gone
 
 
-def start_reply(site: Site, reply: StreamedReply, user_id: str, queue_updates: bool) -> Response:
+def start_reply(
+    site: Site,
+    reply: StreamedReply,
+    user_id: str,
+    queue_updates: bool,
+    chat_id: str | None = None,
+) -> Response:
     """Admit the reply's request and return its stream; on any failure free everything.
+
+    With `chat_id` (a /chat with a chatfile) the answer outlives its client: it is produced
+    in a greenlet of its own into the chat's answer log, which the response only reads.
 
     A request that finds its model's line empty and a slot free goes at once. Else it
     waits in line: here (a 504 when its time runs out), or, with `queue_updates`, inside a
@@ -110,4 +120,9 @@ def start_reply(site: Site, reply: StreamedReply, user_id: str, queue_updates: b
     except BaseException:  # QueueFull, ClientGone, ...: `errors.DOMAIN_ERRORS` answers
         reply.release()
         raise
-    return ndjson_response(reply)
+    if chat_id is None:
+        return ndjson_response(reply)
+    answer = site.line_logs.start(user_id, chat_id)
+    body = FollowedAnswer(answer.follow(0))  # attached before the first line exists
+    DetachedAnswer(reply, answer, site.detached_max).start()
+    return ndjson_response(body)

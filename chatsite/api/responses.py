@@ -8,6 +8,15 @@ from marshmallow import fields, validate
 
 from .schemas import MessageSchema, StrictSchema
 
+SEQ = {
+    "description": "/chat and /resume: the line's number in its answer (0, 1, 2, ... in the "
+    "order sent, queued lines too); /resume from a `seq` continues there."
+}
+GAP = {
+    "description": "/resume only, on its first line: the lines asked for from `from` on are "
+    "no longer all kept; the answer goes on from the oldest kept line."
+}
+
 SAVED_PENDING = (
     "Last line of a /chat with a `chatfile` only, when the database could not take the save: "
     "the exchange is kept on the server and will appear in the chat once the database is "
@@ -42,6 +51,10 @@ class SitePrefsAnswerSchema(StrictSchema):
 class ChatEntrySchema(StrictSchema):
     id = fields.UUID(required=True)
     name = fields.String(required=True)
+    generating = fields.Boolean(
+        validate=validate.Equal(True),
+        metadata={"description": "Only on the chat whose answer is being produced now."},
+    )
 
 
 class ChatFilesSchema(StrictSchema):
@@ -162,6 +175,8 @@ class ChatLineSchema(StrictSchema):
     saved = fields.String(
         validate=validate.Equal("pending"), metadata={"description": SAVED_PENDING}
     )
+    seq = fields.Integer(required=True, metadata=SEQ)
+    gap = fields.Boolean(validate=validate.Equal(True), metadata=GAP)
 
 
 class StreamErrorSchema(StrictSchema):
@@ -173,6 +188,8 @@ class StreamErrorSchema(StrictSchema):
     saved = fields.String(
         validate=validate.Equal("pending"), metadata={"description": SAVED_PENDING}
     )
+    seq = fields.Integer(metadata={"description": "/chat and /resume: as on every line."})
+    gap = fields.Boolean(validate=validate.Equal(True), metadata=GAP)
 
 
 class InstanceHealthSchema(StrictSchema):
@@ -195,3 +212,5 @@ class QueuedLineSchema(StrictSchema):
     status = fields.String(required=True, validate=validate.Equal("queued"))
     position = fields.Integer(required=True, metadata={"description": "1 = next in line."})
     done = fields.Boolean(required=True, validate=validate.Equal(False))
+    seq = fields.Integer(metadata={"description": "/chat and /resume: as on every line."})
+    gap = fields.Boolean(validate=validate.Equal(True), metadata=GAP)

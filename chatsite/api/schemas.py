@@ -252,6 +252,21 @@ class DeleteAccountSchema(LimitedSchema):
     confirm = fields.String(required=True, validate=validate.Length(max=64))
 
 
+MAX_SEQ = 10**9  # far past any answer's lines (RESUME_KEEP_LINES, the reply's limits)
+
+
+class ResumeSchema(ChatIdSchema):
+    """`{"token", "chatId", "from"}`: re-attach to the chat's answer from line `from` on."""
+
+    start = fields.Integer(
+        data_key="from",
+        strict=True,
+        load_default=0,
+        validate=validate.Range(0, MAX_SEQ),
+        metadata={"description": "The first line wanted (its `seq`); 0 redraws the answer."},
+    )
+
+
 class StrictBoolean(fields.Boolean):
     """true or false, nothing that merely looks like one ("yes", 1)."""
 
@@ -311,6 +326,13 @@ class MessageSchema(StrictSchema):
         validate=validate.Length(max=MAX_IMAGES),
     )
     incomplete = fields.Boolean()
+    # What /get-chat marks on the answer still being produced; never saved.
+    generating = fields.Boolean(load_only=True)
+
+    @post_load
+    def drop_generating(self, data: dict, **kwargs: Any) -> dict:
+        data.pop("generating", None)
+        return data
 
 
 class ChatSchema(SampledSchema):

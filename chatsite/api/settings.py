@@ -6,6 +6,7 @@ from ..site import current_site
 from ..storage.tables import User
 from ..storage.users import user_prefs
 from .body import authenticated, user_record
+from .generating import generating_chat
 from .schemas import TokenOnlySchema
 
 bp = Blueprint("settings", __name__)
@@ -19,4 +20,10 @@ def prefs_answer(user: User) -> dict:
 @bp.post("/settings")
 def settings():
     user_id, _ = authenticated(TokenOnlySchema)
-    return prefs_answer(user_record(user_id))
+    prefs = prefs_answer(user_record(user_id))
+    chat_id = generating_chat(current_site(), user_id)
+    if chat_id is not None:
+        for entry in prefs["chat_files"]["files"]:
+            if str(entry["id"]) == chat_id:
+                entry["generating"] = True
+    return prefs

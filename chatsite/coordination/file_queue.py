@@ -51,6 +51,19 @@ def _locked_fd(path: str) -> int:
     return fd
 
 
+def lock_held(fd: int) -> bool:
+    """Tell whether another open of the file holds its flock (its holder is alive: the
+    kernel drops a dead process's locks)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in LOCK_HELD:
+            return True
+        raise
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
 def holder_alive(path: str) -> bool:
     """Tell whether some process holds the file's flock; a missing file has no holder."""
     try:
@@ -58,14 +71,9 @@ def holder_alive(path: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno in LOCK_HELD:
-            return True
-        raise
+        return lock_held(fd)
     finally:
         os.close(fd)
-    return False
 
 
 def _unlink(path: str) -> None:
@@ -176,6 +184,10 @@ class FileQueue:
         except OSError:
             pass  # a full mailbox already holds a wake-up
         return True
+
+    def send_wake(self, worker: str) -> bool:
+        """Wake a worker's waiters; False if no such worker listens."""
+        return self._send(worker, WAKE)
 
     # -- lines --
 

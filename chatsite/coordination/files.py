@@ -189,3 +189,11 @@ class FileCoordinator:
         """Run `callback` when any worker asks to stop the user's request."""
         self._queue.mailbox()  # stop requests arrive there
         return self.signals.watch_stop(canonical_uuid(user_id), callback)
+
+    def mailbox_name(self) -> str:
+        """This worker's mailbox: what `wake_worker` reaches (answer logs' readers use it)."""
+        return self._queue.mailbox().name
+
+    def wake_worker(self, worker: str) -> bool:
+        """Wake the waiters of one worker of this host; False if no such worker listens."""
+        return self._queue.send_wake(worker)

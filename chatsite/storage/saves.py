@@ -62,6 +62,21 @@ class ChatSaves:
         self.replayer.wake()
         return Saved.PENDING
 
+    def checkpoint(self, user_id: str, chat_id: str, messages: list[dict]) -> bool:
+        """Save an answer in progress now, or not at all; return whether it was saved.
+
+        Never journaled: only the answer's last save must land, and a checkpoint must not
+        pass journaled saves of the chat (it is skipped while they wait).
+        """
+        if self.journal.pending(chat_id):
+            return False
+        try:
+            self._write(Entry(user_id, chat_id, stored_now(), messages))
+        except DATABASE_AWAY as error:
+            log.info("checkpoint of chat %s skipped: %s", chat_id, type(error).__name__)
+            return False
+        return True
+
     def replay(self, entry: Entry) -> None:
         """Write a journaled save, unless the chat was saved at or after its acceptance."""
         if not self._write(entry, replayed=True):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .database import database_connection
 from .search_index import find
-from .transcripts import TranscriptMissing, TranscriptStore
+from .transcripts import TranscriptStore
 from .words import Term, locate, query_terms
 
 log = logging.getLogger(__name__)
@@ -53,21 +53,21 @@ def search_chats(store: TranscriptStore, user_id: str, query: str, limit: int) -
 def _with_snippets(
     store: TranscriptStore, user_id: str, rows: list[tuple], terms: list[Term]
 ) -> list[SearchHit]:
-    """The hits, each with its snippet, reading at most MAX_SNIPPET_BYTES of transcripts."""
-    hits = []
-    budget = MAX_SNIPPET_BYTES
-    for chat_id, name, created_at, updated_at, size in rows:
-        messages: list[dict] = []
+    """The hits, each with its snippet, reading at most MAX_SNIPPET_BYTES of transcripts
+    (in one go: one query for the database store); a chat whose transcript is missing or
+    unreadable is left out."""
+    budget, readable = MAX_SNIPPET_BYTES, []
+    for chat_id, *_, size in rows:
         if size <= budget:
             budget -= size
-            try:
-                messages = store.read(user_id, chat_id)
-            except TranscriptMissing:
-                log.warning("chat %s is indexed but has no transcript; not shown", chat_id)
-                continue
-            except (OSError, ValueError):
-                log.warning("chat %s could not be read for its snippet", chat_id, exc_info=True)
-        snippet, role = first_match(name, messages, terms)
+            readable.append(chat_id)
+    transcripts = store.read_many(user_id, readable)
+    hits = []
+    for chat_id, name, created_at, updated_at, _ in rows:
+        if chat_id in readable and chat_id not in transcripts:
+            log.warning("chat %s is indexed but has no transcript; not shown", chat_id)
+            continue
+        snippet, role = first_match(name, transcripts.get(chat_id, []), terms)
         hits.append(SearchHit(chat_id, name, created_at, updated_at, snippet, role))
     return hits
 

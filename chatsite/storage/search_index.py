@@ -196,6 +196,9 @@ class IndexedTranscripts(StagedWrites):
     def read(self, user_id: str, chat_id: str) -> list[dict]:
         return self.inner.read(user_id, chat_id)
 
+    def read_many(self, user_id: str, chat_ids: list[str]) -> dict[str, list[dict]]:
+        return self.inner.read_many(user_id, chat_ids)
+
     def size(self, user_id: str, chat_id: str) -> int:
         return self.inner.size(user_id, chat_id)
 

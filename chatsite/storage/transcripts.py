@@ -55,6 +55,7 @@ class TranscriptStore(Protocol):
     def create(self, user_id: str, chat_id: str, messages: list[dict]) -> int: ...
     def write(self, user_id: str, chat_id: str, messages: list[dict]) -> int: ...
     def read(self, user_id: str, chat_id: str) -> list[dict]: ...
+    def read_many(self, user_id: str, chat_ids: list[str]) -> dict[str, list[dict]]: ...
     def size(self, user_id: str, chat_id: str) -> int: ...
     def delete(self, user_id: str, chat_id: str) -> None: ...
     def delete_all(self, user_id: str) -> None: ...
@@ -79,6 +80,21 @@ class StagedWrites:
         with self.stage(user_id, chat_id, messages) as staged:
             staged.commit()
         return staged.size
+
+    def read(self, user_id: str, chat_id: str) -> list[dict]:
+        raise NotImplementedError
+
+    def read_many(self, user_id: str, chat_ids: list[str]) -> dict[str, list[dict]]:
+        """The messages of several chats by id; one missing or unreadable is left out."""
+        found = {}
+        for chat_id in chat_ids:
+            try:
+                found[chat_id] = self.read(user_id, chat_id)
+            except TranscriptMissing:
+                continue
+            except (OSError, ValueError):
+                log.warning("chat %s could not be read", chat_id, exc_info=True)
+        return found
 
 
 def encode_for_file(messages: list[dict]) -> bytes:
@@ -317,6 +333,14 @@ class DatabaseTranscriptStore(StagedWrites):
         if row is None:
             raise TranscriptMissing(chat_id)
         return json.loads(row.messages)
+
+    def read_many(self, user_id: str, chat_ids: list[str]) -> dict[str, list[dict]]:
+        """The messages of several chats in one query; one missing is left out."""
+        wanted = [canonical_uuid(chat_id) for chat_id in chat_ids]
+        rows = ChatTranscript.select(ChatTranscript.chat, ChatTranscript.messages).where(
+            ChatTranscript.chat.in_(wanted)
+        )
+        return {chat_id: json.loads(text) for chat_id, text in rows.tuples()}
 
     def size(self, user_id: str, chat_id: str) -> int:
         """The length of the chat's JSON text, without fetching it."""

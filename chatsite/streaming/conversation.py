@@ -14,7 +14,7 @@ from ..storage.saves import Saved
 from ..tools import ToolContext, ToolRegistry
 from ..tools.arguments import too_deep
 from .limits import LENGTH_NOTE, MAX_TOOL_CALLS, TOO_MANY_ROUNDS, ReplyRoom
-from .reply import NOT_SAVED, Stopped, StreamedReply, error_line, ndjson_line
+from .reply import NOT_SAVED, Stopped, StreamedReply, error_line
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class ChatReply(StreamedReply):
     saved reply holds only what came after the last tool round.
     """
 
+    numbered = True
+
     def __init__(
         self,
         admission: Admission,
@@ -86,6 +88,7 @@ class ChatReply(StreamedReply):
         clock: Clock,
         tool_runner: ToolRunner | None = None,
         save: Callable[[list[dict]], Saved] | None = None,
+        checkpoint: Callable[[list[dict]], bool] | None = None,
     ) -> None:
         super().__init__(admission, user_lease)
         self.request = request  # its messages grow by each tool round
@@ -94,12 +97,13 @@ class ChatReply(StreamedReply):
         self.clock = clock
         self.tool_runner = tool_runner
         self.save = save
+        self.save_checkpoint = checkpoint  # saves an answer in progress, never journaled
         self.exchange: list[dict] = []  # tool calls and results, for the chat file
         self.content: list[str] = []  # this round's text
         self.thinking: list[str] = []  # this round's thinking
         self.unanswered: list[str] = []  # tool names of this round's calls still running
 
-    def produce(self) -> Iterator[bytes]:
+    def produce(self) -> Iterator[dict | list[dict]]:
         rounds = 0
         while True:
             calls = yield from self._relay_round()
@@ -119,12 +123,12 @@ class ChatReply(StreamedReply):
         if not self.finish(complete=True):
             yield error_line(NOT_SAVED)
             return
-        yield ndjson_line(self.ending(self.last_line()))
+        yield self.ending(self.last_line())
 
     def last_line(self) -> dict:
         return {"status": "ok", "msg": "", "fullMsg": "".join(self.pieces), "done": True}
 
-    def _relay_round(self) -> Iterator[bytes]:
+    def _relay_round(self) -> Iterator[dict | list[dict]]:
         """Stream one upstream answer to the client; return the tool calls it asked for.
 
         A text that reaches its limit ends the reply: the upstream is left unread (and
@@ -134,7 +138,7 @@ class ChatReply(StreamedReply):
         calls = ToolCalls()
         room = self.room
         for batch in self.upstream.batches():
-            out: list[bytes] = []  # the pieces that came in one read go out in one write
+            out: list[dict] = []  # the pieces that came in one read go out in one write
             for kind, value in batch:
                 if kind == TOOL:
                     calls.add(value)
@@ -144,10 +148,10 @@ class ChatReply(StreamedReply):
                     out.append(self._relay(kind, fitted))
                 if full:
                     out.append(self._end_with(LENGTH_NOTE))
-                    yield b"".join(out)
+                    yield out
                     return []
             if out:
-                yield out[0] if len(out) == 1 else b"".join(out)
+                yield out[0] if len(out) == 1 else out
         if not calls:
             return []
         assembled = calls.calls()
@@ -159,17 +163,17 @@ class ChatReply(StreamedReply):
             )
         return assembled[:MAX_TOOL_CALLS]
 
-    def _relay(self, kind: str, piece: str) -> bytes:
+    def _relay(self, kind: str, piece: str) -> dict:
         """Keep a piece of the reply (or of its thinking) and make its stream line."""
         if kind == "thinking":
             self.thinking.append(piece)
             self.thinking_pieces += 1
-            return ndjson_line({"status": "ok", "msg": "", "thinking": piece, "done": False})
+            return {"status": "ok", "msg": "", "thinking": piece, "done": False}
         self.content.append(piece)
         self.pieces.append(piece)
-        return ndjson_line({"status": "ok", "msg": piece, "done": False})
+        return {"status": "ok", "msg": piece, "done": False}
 
-    def _end_with(self, note: str) -> bytes:
+    def _end_with(self, note: str) -> dict:
         """Close the reply's text with a note saying why it stops here."""
         return self._relay("content", self.room.note(note))
 
@@ -184,7 +188,7 @@ class ChatReply(StreamedReply):
             message["thinking"] = "".join(self.thinking)
         return message
 
-    def _run_tools(self, assistant: dict[str, Any], calls: list[ToolCall]) -> Iterator[bytes]:
+    def _run_tools(self, assistant: dict[str, Any], calls: list[ToolCall]) -> Iterator[dict]:
         """Run each call, telling the client, and add the results to the conversation.
 
         After a /stop no further call is run: the round's calls not yet answered are saved
@@ -200,7 +204,7 @@ class ChatReply(StreamedReply):
                 raise Stopped()
             name, arguments = call.call["function"]["name"], call.arguments
             if index < max_calls:
-                yield ndjson_line({"status": "ok", "msg": "", "done": False, "tool": name})
+                yield {"status": "ok", "msg": "", "done": False, "tool": name}
                 result = self.tool_runner.registry.run(
                     name, arguments, self.tool_runner.context, self.tool_runner.timeout
                 ).content
@@ -218,15 +222,28 @@ class ChatReply(StreamedReply):
     def _interrupted_results(self) -> list[dict]:
         """An `interrupted` answer to each call of the round that was cut short."""
         now = self.clock.now()
-        results = [
+        # "interrupted" fits the room each result has kept for its note: nothing is taken.
+        return [
             {**self._tool_result(name, INTERRUPTED), "timestamp": now} for name in self.unanswered
         ]
-        self.unanswered = []
-        return results
 
     def on_finish(self, complete: bool) -> None:
         if self.save is None:
             return
+        saved = self.save(self._so_far(complete))
+        self.unanswered = []
+        self.save_pending = saved is Saved.PENDING
+
+    def checkpoint(self) -> bool:
+        """Save the answer so far as incomplete, while it runs: a killed worker then loses
+        at most what came since. Nothing before it relays, or once it is finished."""
+        if self.save_checkpoint is None or self.upstream is None or self._finished:
+            return False
+        self.save_checkpoint(self._so_far(complete=False))
+        return True
+
+    def _so_far(self, complete: bool) -> list[dict]:
+        """The chat to save: the request, the tool exchanges and the reply as it stands."""
         answered = self.exchange + self._interrupted_results()  # stamped before the reply
         reply: dict[str, Any] = {
             "role": "assistant",
@@ -237,5 +254,4 @@ class ChatReply(StreamedReply):
             reply["thinking"] = "".join(self.thinking)
         if not complete:
             reply["incomplete"] = True
-        saved = self.save(self.request_messages + answered + [reply])
-        self.save_pending = saved is Saved.PENDING
+        return self.request_messages + answered + [reply]

@@ -5,6 +5,12 @@ as a last `{"status": "error", ...}` line. The WSGI server calls `close()` on th
 the response ends for any reason (done, error, client gone), and also when iteration never
 started, so cleanup lives there rather than in a generator's `finally`.
 
+A reply is a producer: `records()` yields its lines as single records (dicts), or lists
+of them (the pieces of one upstream read, sent in one write); `encode()` numbers and encodes
+each. Iterated directly (`__iter__`) it is the WSGI body of a request that ends with its
+client; a `/chat` with a chatfile runs it in a greenlet of its own instead
+(`streaming.detached`), and its responses only read the answer's log.
+
 A request that waits in line with `queue_updates` starts its stream at once with `queued`
 lines. /stop ends a reply from outside (`stop()`): its last line is the ordinary one plus
 `"stopped": true`. A reply whose save waits in the journal (the database is away) says so
@@ -14,7 +20,7 @@ on its last line, whatever that line is: `"saved": "pending"`.
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 
 import gevent
 import orjson
@@ -58,14 +64,14 @@ def ndjson_line(payload: dict) -> bytes:
 NOT_SAVED = "the reply could not be saved to the chat"
 
 
-def error_line(msg: str) -> bytes:
+def error_line(msg: str) -> dict:
     """The last line of a stream that failed after it began."""
-    return ndjson_line({"status": "error", "msg": msg, "done": True})
+    return {"status": "error", "msg": msg, "done": True}
 
 
-def queued_line(position: int) -> bytes:
+def queued_line(position: int) -> dict:
     """Tell a waiting client its place in line (1 = next)."""
-    return ndjson_line({"status": "queued", "position": position, "done": False})
+    return {"status": "queued", "position": position, "done": False}
 
 
 class Stopped(Exception):
@@ -78,6 +84,8 @@ class ClientGone(Exception):
 
 class StreamedReply:
     """Relay an upstream stream; subclasses yield the lines in `produce()`."""
+
+    numbered = False  # each line carries its "seq" (a /chat stream's lines)
 
     def __init__(self, admission: Admission, user_lease: Lease) -> None:
         self.admission = admission
@@ -94,7 +102,9 @@ class StreamedReply:
         self._relaying = False
         self._finished = False
         self._greenlet = None
-        self._body = self._lines()
+        self.seq = 0  # the next line's number
+        self.lines = self.records()
+        self._body = self._batches()
         self.watch = StreamWatch(admission.model)  # metrics and the request's log line
         admission.giving_up = lambda: self.stopped or self.client_gone()
 
@@ -112,9 +122,26 @@ class StreamedReply:
         if self.stopped and stream is not None:
             stream.cancel()
 
-    def produce(self) -> Iterator[bytes]:
-        """Yield the stream's lines; call `finish(True)` before the final line."""
+    def produce(self) -> Iterator[dict | list[dict]]:
+        """Yield the stream's lines (records, or lists of them sent together); call
+        `finish(True)` before the final line."""
         raise NotImplementedError
+
+    def encode(self, record: dict) -> bytes:
+        """One stream line, numbered when the stream's lines are."""
+        if self.numbered:
+            record["seq"] = self.seq
+            self.seq += 1
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+    def _batches(self) -> Iterator[bytes]:
+        """The WSGI body of a reply that ends with its client: each yield is one write."""
+        encode = self.encode
+        for item in self.lines:
+            if type(item) is dict:
+                yield encode(item)
+            else:
+                yield b"".join(map(encode, item))
 
     def last_line(self) -> dict:
         """The ordinary last line, with what was produced so far."""
@@ -127,8 +154,8 @@ class StreamedReply:
         """The stream's last line, telling of a save kept for later if there is one."""
         return {**line, "saved": "pending"} if self.save_pending else line
 
-    def _error_line(self, msg: str) -> bytes:
-        return ndjson_line(self.ending({"status": "error", "msg": msg, "done": True}))
+    def _error_line(self, msg: str) -> dict:
+        return self.ending(error_line(msg))
 
     # -- admission: at once, waiting here, or waiting in the stream --
 
@@ -148,7 +175,7 @@ class StreamedReply:
         """Wait in line inside the stream, reporting the place (`queue_updates`)."""
         self._queued = (steps, position)
 
-    def _wait_in_line(self) -> Iterator[bytes]:
+    def _wait_in_line(self) -> Iterator[dict]:
         steps, last = self._queued
         yield queued_line(last)
         sent = time.monotonic()
@@ -172,7 +199,8 @@ class StreamedReply:
 
     # -- the stream --
 
-    def _lines(self) -> Iterator[bytes]:
+    def records(self) -> Iterator[dict | list[dict]]:
+        """The stream's lines, whatever happens: waiting, relaying, and its last line."""
         self._greenlet = current_greenlet()
         drain.track(self)
         try:
@@ -209,9 +237,9 @@ class StreamedReply:
             self.finish(complete=False)
             yield self._error_line("internal error")
 
-    def _end_stopped(self) -> Iterator[bytes]:
+    def _end_stopped(self) -> Iterator[dict]:
         saved = self.finish(complete=False)
-        yield ndjson_line(self.ending({**self.last_line(), "stopped": True}))
+        yield self.ending({**self.last_line(), "stopped": True})
         if not saved:
             log.warning("a stopped reply could not be saved")
 
@@ -290,15 +318,23 @@ class StreamedReply:
         try:
             self._body.close()
         finally:
-            self.finish(complete=False)
-            if self.upstream is not None:
-                with contextlib.suppress(Exception):
-                    self.upstream.release()
+            self.let_go()
+
+    def let_go(self) -> None:
+        """After the last line: end it all (a no-op once finished) and free the connection."""
+        self.finish(complete=False)
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                self.upstream.release()
+
+    def checkpoint(self) -> bool:
+        """Save the answer so far, if it is saved at all; False when there is nothing yet."""
+        return False
 
 
-def ndjson_response(reply: StreamedReply) -> Response:
-    """Wrap a reply in a streamed response that nothing between us and the client buffers."""
-    response = Response(reply, mimetype=NDJSON, direct_passthrough=True)
+def ndjson_response(body: Iterable[bytes]) -> Response:
+    """Wrap a body (a reply, a reader) in a streamed response that nothing buffers."""
+    response = Response(body, mimetype=NDJSON, direct_passthrough=True)
     response.headers["X-Accel-Buffering"] = "no"
     response.headers["Cache-Control"] = "no-cache"
     return response
