@@ -152,6 +152,10 @@ def post_worker_init(worker):
 
     start_background_work(worker.wsgi)
 
+    from chatsite.collector import tune_for_worker
+
+    tune_for_worker()  # the app is loaded: its objects leave the collector's passes
+
     serve = worker.run
 
     def run():
