@@ -146,6 +146,10 @@ def post_worker_init(worker):
 
     worker.run = run
 
+    from chatsite.collector import tune_for_worker
+
+    tune_for_worker()  # the app is loaded: its objects leave the collector's passes
+
     grace = max(worker.cfg.graceful_timeout * 0.8, worker.cfg.graceful_timeout - 10)
     original = worker.handle_exit
 

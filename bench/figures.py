@@ -22,12 +22,14 @@ from processes import BenchError, Processes, open_fds, progress
 from services import MESSAGES, Chatsite, Floor, post_json
 
 SLOW_RATE = 50  # tokens/s of the slow model (the upstream's default)
-# chatsite relaying the upstream's Ollama API, chatsite relaying its OpenAI API (an "openai"
+# chatsite relaying the upstream's Ollama API, the same at a baseline revision (--baseline),
+# chatsite relaying its OpenAI API (an "openai"
 # instance), the gevent floor, and the client talking to the upstream's Ollama API directly.
-TARGETS = ("chatsite", "openai", "floor", "direct")
-CHATSITES = ("chatsite", "openai")  # the targets that are chatsite
-RELAYS = ("chatsite", "openai", "floor")  # the targets that have a worker process to measure
-ONLY_OLLAMA = ("openai", "floor")  # not in figure 3's deployed row and figure 4
+TARGETS = ("chatsite", "baseline", "openai", "floor", "direct")
+CHATSITES = ("chatsite", "baseline", "openai")  # the targets that are chatsite
+# the targets that have a worker process to measure
+RELAYS = ("chatsite", "baseline", "openai", "floor")
+ONLY_OLLAMA = ("baseline", "openai", "floor")  # not in figure 3's deployed row and figure 4
 TTFB_TOKENS = 10  # figure 1: tokens per request
 READ_BATCH_MS = 1  # figure 2: the load client reads in 1 ms batches (see bench/load.py)
 
@@ -132,6 +134,7 @@ class Bench:
         chatsite: Chatsite | None,
         floor: Floor | None = None,
         openai: Chatsite | None = None,
+        baseline: Chatsite | None = None,
     ) -> None:
         self.args = args
         self.started = time.monotonic()
@@ -146,11 +149,13 @@ class Bench:
         self.openai = openai  # chatsite with the upstream as an OpenAI API instance
         self.chat_ok = False
         self.openai_ok = False
+        self.baseline = baseline  # chatsite at another git revision (--baseline)
+        self.baseline_ok = False
         self.rows: dict[str, Row] = {}
         self.runs: list[dict[str, Any]] = []
         self.samples: list[str] = []
         self.tokens: list[str] = []
-        self.fd_baseline = {"chatsite": 0, "openai": 0}
+        self.fd_baseline = {"chatsite": 0, "baseline": 0, "openai": 0}
 
     # helpers
 
@@ -168,6 +173,7 @@ class Bench:
     def targets(self) -> list[str]:
         present = {
             "chatsite": self.chat_ok,
+            "baseline": self.baseline_ok,
             "openai": self.openai_ok,
             "floor": self.floor is not None,
             "direct": True,
@@ -176,7 +182,7 @@ class Bench:
 
     def server(self, target: str) -> Chatsite:
         """The chatsite of a target: relaying the upstream's Ollama API, or its OpenAI API."""
-        return self.openai if target == "openai" else self.chatsite
+        return {"openai": self.openai, "baseline": self.baseline}.get(target, self.chatsite)
 
     def row(self, key: str, label: str, unit: str, best: str, na: tuple[str, ...] = ()) -> Row:
         if key not in self.rows:
@@ -204,7 +210,12 @@ class Bench:
 
     def probe(self, target: str, rss: bool = False) -> Probe:
         pids = {"upstream": self.upstream_pid}
-        worker = {"chatsite": self.chatsite, "openai": self.openai, "floor": self.floor}.get(target)
+        worker = {
+            "chatsite": self.chatsite,
+            "baseline": self.baseline,
+            "openai": self.openai,
+            "floor": self.floor,
+        }.get(target)
         if worker is not None:
             pids["worker"] = worker.worker
         return Probe(pids, worker.worker if rss and worker is not None else None)
@@ -263,6 +274,11 @@ class Bench:
             self.openai_ok = bool(self.openai_status["ok"])
             works = "works" if self.openai_ok else "NOT WORKING"
             progress(f"POST /chat check, OpenAI instance: {works}: {self.openai_status['detail']}")
+        if self.baseline:
+            self.baseline_status = self.baseline.probe_chat()
+            self.baseline_ok = bool(self.baseline_status["ok"])
+            works = "works" if self.baseline_ok else "NOT WORKING"
+            progress(f"POST /chat check, baseline: {works}: {self.baseline_status['detail']}")
         users = max(
             [
                 *self.plan.slow_streams,
@@ -272,16 +288,20 @@ class Bench:
             ]
         )
         self.tokens = [self.chatsite.token() for _ in range(users)]
-        # First requests create the users' rows; do it now so no figure measures it.
-        result = run_load(
-            self.procs,
-            self.url("chatsite", "/settings"),
-            [{"token": t} for t in self.tokens],
-            50,
-            requests=len(self.tokens),
-        )
-        if len(result.ok) != len(self.tokens):
-            raise BenchError(f"creating users via /settings failed: {result.samples[:3]}")
+        # First requests create the users' rows; do it now so no figure measures it. The
+        # baseline has a database of its own: its users are created there too.
+        for target in ("chatsite", "baseline") if self.baseline_ok else ("chatsite",):
+            result = run_load(
+                self.procs,
+                self.url(target, "/settings"),
+                [{"token": t} for t in self.tokens],
+                50,
+                requests=len(self.tokens),
+            )
+            if len(result.ok) != len(self.tokens):
+                raise BenchError(
+                    f"creating users via {target}'s /settings failed: {result.samples[:3]}"
+                )
         for target in CHATSITES:
             if self.server(target) is not None:
                 self.server(target).settle(10_000)
@@ -352,7 +372,7 @@ class Bench:
 
     def calibrate(self, target: str) -> float:
         """Chunks/s of one stream, to size the figure-2 runs to ~stream_seconds."""
-        tokens = {"chatsite": 3000, "openai": 3000, "floor": 30_000}.get(target, 300_000)
+        tokens = {"floor": 30_000, "direct": 300_000}.get(target, 3000)
         result = self.load(
             "2-calibrate",
             target,

@@ -37,15 +37,22 @@ def fmt(value: float | None, unit: str) -> str:
 def table(bench: Bench, notes: Iterable[str]) -> str:
     """The results table (best of the repetitions) and the environment line."""
     lines = []
-    header = ("figure", *TARGETS, "/floor", "/direct", "openai/ollama")
+    # The baseline's column and ratio only when there is one (--baseline).
+    targets = [t for t in TARGETS if t != "baseline" or bench.baseline is not None]
+    pairs = [("chatsite", "floor"), ("chatsite", "direct"), ("openai", "chatsite")]
+    names = ["/floor", "/direct", "openai/ollama"]
+    if bench.baseline is not None:
+        pairs.append(("chatsite", "baseline"))
+        names.append("/baseline")
+    header = ("figure", *targets, *names)
     body = []
     for row in bench.rows.values():
-        values = {t: row.reduced(t) for t in TARGETS}
+        values = {t: row.reduced(t) for t in targets}
         cells = [
-            ("N/A" if t in row.na else fmt(values[t], row.unit)) + row.bad_note(t) for t in TARGETS
+            ("N/A" if t in row.na else fmt(values[t], row.unit)) + row.bad_note(t) for t in targets
         ]
         ratios = []
-        for ours, theirs in (("chatsite", "floor"), ("chatsite", "direct"), ("openai", "chatsite")):
+        for ours, theirs in pairs:
             mine, other = values[ours], values[theirs]
             ok = not {ours, theirs} & set(row.na) and mine is not None and other
             ratios.append(f"{mine / other:.2f}" if ok else "N/A")
@@ -68,6 +75,11 @@ def table(bench: Bench, notes: Iterable[str]) -> str:
         f"/floor, /direct = chatsite / floor, chatsite / direct; openai = chatsite relaying "
         f"the upstream's OpenAI API (SSE), openai/ollama = openai / chatsite"
     )
+    if bench.baseline is not None:
+        lines.append(
+            f"baseline = chatsite at {bench.baseline_label}, measured in the same run; "
+            f"/baseline = chatsite / baseline"
+        )
     lines.append(
         "chunks/s = NDJSON lines received / (last response end - first request sent); "
         "CPU per chunk = worker utime+stime / lines"
@@ -111,6 +123,8 @@ def write_json(bench: Bench, args: argparse.Namespace, notes: list[str], seconds
         "seconds": round(seconds, 1),
         "chat_status": getattr(bench, "chat_status", None),
         "openai_chat_status": getattr(bench, "openai_status", None),
+        "baseline": getattr(bench, "baseline_label", None),
+        "baseline_chat_status": getattr(bench, "baseline_status", None),
         "notes": notes,
         "table": {
             key: {

@@ -2,7 +2,8 @@
 
 It starts everything it needs (the fast upstream ``bench/upstream.py``, chatsite under gunicorn
 with one gevent worker relaying the upstream's Ollama API, its twin relaying the upstream's
-OpenAI API, the gevent floor, and ``bench/load.py`` load clients), measures four figures for
+OpenAI API, the gevent floor, with ``--baseline REV`` chatsite as it was at a git revision,
+and ``bench/load.py`` load clients), measures four figures for
 them and for the direct path (client straight to the upstream), prints one table with the
 ratios, writes ``bench/last-results.json``, and stops every process it started, also on Ctrl-C
 or on an error. See ``bench/README.md`` for the definitions.
@@ -22,6 +23,7 @@ import contextlib
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not run chatsite relaying the upstream's OpenAI API (the openai column)",
     )
     parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also measure chatsite as it was at git revision REV (a column and a ratio)",
+    )
+    parser.add_argument(
         "--no-deployed",
         action="store_true",
         help="skip figure 3's deployed row (gunicorn.conf.py's workers, 2,000 streams)",
@@ -78,6 +85,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def checkout(rev: str, where: Path) -> str:
+    """Check ``rev`` out into a detached git worktree at ``where``; return its label."""
+    label = subprocess.run(
+        ["git", "-C", str(REPO), "log", "-1", "--format=%h %s", rev],
+        capture_output=True,
+        text=True,
+    )
+    if label.returncode:
+        raise BenchError(f"--baseline {rev}: {label.stderr.strip()}")
+    added = subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", str(where), rev],
+        capture_output=True,
+        text=True,
+    )
+    if added.returncode:
+        raise BenchError(f"git worktree add {rev}: {added.stderr.strip()}")
+    return label.stdout.strip()[:70]
+
+
+def remove_checkout(where: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
+        capture_output=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -97,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes()
     chatsite = None
     openai = None
+    baseline = None
+    baseline_label = ""
+    baseline_src = tmpdir / "baseline-src"
     notes: list[str] = []
     code = 0
     try:
@@ -121,7 +157,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"chatsite relaying the OpenAI API on 127.0.0.1:{openai.port} "
                     f"(worker pid {openai.worker})"
                 )
-        bench = Bench(args, plan, procs, upstream_port, upstream_pid, chatsite, floor, openai)
+            if args.baseline:
+                baseline_label = checkout(args.baseline, baseline_src)
+                baseline = chatsite.baseline_twin(baseline_src)
+                baseline.start()
+                progress(
+                    f"baseline {baseline_label} on 127.0.0.1:{baseline.port} "
+                    f"(worker pid {baseline.worker})"
+                )
+        bench = Bench(
+            args, plan, procs, upstream_port, upstream_pid, chatsite, floor, openai, baseline
+        )
+        bench.baseline_label = baseline_label
         if chatsite:
             bench.prepare_chatsite()
             if not bench.chat_ok:
@@ -133,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(
                     f"chatsite /chat through the OpenAI API not working, no openai column: "
                     f"{bench.openai_status['detail']}"
+                )
+            if baseline and not bench.baseline_ok:
+                notes.append(
+                    f"the baseline's /chat not working, no baseline column: "
+                    f"{bench.baseline_status['detail']}"
                 )
         runners: dict[int, Callable[[], None]] = {
             1: bench.figure1,
@@ -147,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"STOPPED EARLY: {error}")
             code = 1
         notes += bench.skipped
-        for server in (chatsite, openai):
+        for server in (chatsite, openai, baseline):
             if server:
                 notes += server.notes
         notes += busy_warnings(bench.runs)
@@ -164,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         procs.stop_all()
+        if baseline_src.exists():
+            remove_checkout(baseline_src)
         if args.keep_tmp or code == 1:  # kept after a failure, for gunicorn.log
             progress(f"temp dir kept: {tmpdir}")
         else:

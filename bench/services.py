@@ -115,8 +115,10 @@ class Chatsite:
         extra_env: dict[str, str] | None = None,
         deployed: bool = False,
         api: str = "ollama",
+        source: Path = REPO,
     ) -> None:
         self.procs = procs
+        self.source = source  # the checkout whose chatsite, wsgi.py and gunicorn.conf.py run
         self.deployed = deployed  # gunicorn.conf.py's own workers and worker_connections
         self.tmpdir = tmpdir
         self.secret = secrets.token_urlsafe(36)  # 48 characters
@@ -146,7 +148,7 @@ class Chatsite:
 
     def command(self) -> list[str]:
         args = [str(VENV_BIN / "gunicorn")]
-        if (REPO / "gunicorn.conf.py").exists():
+        if (self.source / "gunicorn.conf.py").exists():
             args += ["-c", "gunicorn.conf.py"]
         if not self.deployed:
             args += ["-k", "gevent", "-w", "1", "--worker-connections", "2000"]
@@ -162,7 +164,7 @@ class Chatsite:
     def start(self) -> None:
         init = subprocess.run(
             [str(VENV_BIN / "flask"), "--app", "chatsite", "init-db"],
-            cwd=REPO,
+            cwd=self.source,
             env=self.env,
             capture_output=True,
             text=True,
@@ -187,6 +189,29 @@ class Chatsite:
         twin.env = {**self.env, "CHATSITE_CHAT_INSTANCES": instances(upstream_port, "openai")}
         return twin
 
+    def baseline_twin(self, source: Path, name: str = "baseline") -> Chatsite:
+        """chatsite from the checkout ``source`` (one worker), relaying the same upstream with
+        the same secret, but on a database, chats and locks of its own (its code may expect
+        another schema): its users are created apart. Not started.
+
+        ``PYTHONPATH`` puts the checkout first, before the virtualenv's editable install of
+        this one, for gunicorn, its worker and ``flask init-db`` alike.
+        """
+        twin = Chatsite(self.procs, self.tmpdir, 0, source=source)
+        twin.name = f"gunicorn-{name}"
+        twin.log_path = self.tmpdir / f"{twin.name}.log"
+        twin.secret = self.secret
+        data = self.tmpdir / name
+        twin.env = {
+            **self.env,
+            "PYTHONPATH": str(source),
+            "CHATSITE_DATABASE_URL": f"sqlite:///{data / 'bench.db'}",
+            "CHATSITE_CHAT_DIR": str(data / "chats"),
+            "CHATSITE_LOCK_DIR": str(data / "locks"),
+        }
+        data.mkdir(exist_ok=True)
+        return twin
+
     def workers(self, settle: float = 1.0, timeout: float = 30) -> list[int]:
         """Every worker pid, once their number has stopped growing for ``settle`` seconds."""
         deadline = time.monotonic() + timeout
@@ -208,7 +233,7 @@ class Chatsite:
         self.master = self.procs.start(
             self.command(),
             tie_to_parent=True,
-            cwd=REPO,
+            cwd=self.source,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
