@@ -359,10 +359,11 @@ class ResumeBench:
                 per_token[name].append(cpu / max(lines, 1) * 1e6)
                 progress(f"cpu rep {rep + 1} {name}: {per_token[name][-1]:.1f} us per token")
         base, current = per_token["baseline"], per_token["this tree"]
+        kind = "streams without chatfile" if self.args.no_chatfile else "chatfile streams"
         for name, values in per_token.items():
             self.rows.append(
                 (
-                    f"chatfile streams, {plan.cpu_streams} x {plan.cpu_tokens} tokens: worker CPU "
+                    f"{kind}, {plan.cpu_streams} x {plan.cpu_tokens} tokens: worker CPU "
                     f"per token, {name}",
                     f"{min(values):.1f} us (runs: {', '.join(f'{v:.1f}' for v in values)})",
                 )
@@ -391,6 +392,9 @@ class ResumeBench:
             }
             for token, chat in zip(tokens, chats, strict=True)
         ]
+        if self.args.no_chatfile:
+            for body in bodies:
+                del body["chatfile"]
         probe = Probe({"worker": server.worker})
         result = run_load(
             self.procs,
@@ -419,7 +423,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline", default=BEFORE_18, metavar="REV", help=f"revision (default {BEFORE_18})"
     )
+    parser.add_argument(
+        "--also", metavar="REV", help="measure this revision's CPU per token too (a third row)"
+    )
+    parser.add_argument(
+        "--no-chatfile",
+        action="store_true",
+        help="CPU per token without a chatfile (a control: the path #18 left as it was)",
+    )
     parser.add_argument("--no-cpu", action="store_true", help="only the /resume figure")
+    parser.add_argument("--no-resume", action="store_true", help="only the CPU figure")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir and logs")
     return parser.parse_args(argv)
 
@@ -431,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmpdir = Path(tempfile.mkdtemp(prefix="chatsite-bench-resume-"))
     baseline_src = tmpdir / "baseline-src"
+    also_src = tmpdir / "also-src"
     procs = Processes()
     bench = ResumeBench(args, plan, procs)
     code = 0
@@ -444,22 +458,26 @@ def main(argv: list[str] | None = None) -> int:
         two.launch()
         users = max(plan.streams, plan.cpu_streams)
         tokens = [one.token() for _ in range(users)]
-        chats = bench.chats(one, tokens[: plan.streams])
         load = os.getloadavg()
         bench.notes.append(f"load average at the start: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-        bench.resume_figure("2 workers", two, tokens, chats)
-        procs.stop(two.master, signal.SIGINT)
-        bench.resume_figure("1 worker", one, tokens, chats)
+        if not args.no_resume:
+            chats = bench.chats(one, tokens[: plan.streams])
+            bench.resume_figure("2 workers", two, tokens, chats)
+            procs.stop(two.master, signal.SIGINT)
+            bench.resume_figure("1 worker", one, tokens, chats)
         if not args.no_cpu:
             label = checkout(args.baseline, baseline_src)
             baseline = one.baseline_twin(baseline_src)
             baseline.start()
             progress(f"baseline {label} on 127.0.0.1:{baseline.port}")
             bench.notes.append(f"baseline: {label}")
-            bench.cpu_figure(
-                {"baseline": baseline, "this tree": one},
-                {"baseline": tokens[: plan.cpu_streams], "this tree": tokens[: plan.cpu_streams]},
-            )
+            servers = {"baseline": baseline, "this tree": one}
+            if args.also:
+                also_label = checkout(args.also, also_src)
+                servers[args.also] = one.baseline_twin(also_src, "also")
+                servers[args.also].start()
+                bench.notes.append(f"also: {also_label}")
+            bench.cpu_figure(servers, {name: tokens[: plan.cpu_streams] for name in servers})
         load = os.getloadavg()
         bench.notes.append(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
         bench.notes.append(f"total time {time.monotonic() - started:.0f} s")
@@ -472,8 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     finally:
         procs.stop_all()
-        if baseline_src.exists():
-            remove_checkout(baseline_src)
+        for source in (baseline_src, also_src):
+            if source.exists():
+                remove_checkout(source)
         if args.keep_tmp or code == 1:
             progress(f"temp dir kept: {tmpdir}")
         else:
