@@ -28,6 +28,7 @@ serve: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/resume.py  # /resume to first line under load; chatfile CPU vs before #18
 	$(BIN)/python bench/search.py  # /search-chats p95 (PostgreSQL with CHATSITE_TEST_DATABASE_URL)
 
 # llama-cpp-python's server and SmolLM2-135M, for tests/test_real_model.py (skipped without
