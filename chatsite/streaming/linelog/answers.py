@@ -3,8 +3,9 @@
 The producer appends each line to an `AnswerLog` (a list append) and publishes once per
 batch (the pieces of one upstream read): readers in this process (the original response, a
 `/resume` that lands on this worker) wake and take every line there is. A flusher hands the
-new lines to the shared log (`SharedLog`) at most every `FLUSH_SECONDS`, so a connected
-client never waits for a file or a Redis round trip.
+new lines to the shared log (`SharedLog`) every `FLUSH_SECONDS` while a reader in another
+process follows, else every `UNFOLLOWED_FLUSH_SECONDS`, so a connected client never waits
+for a file or a Redis round trip, nor pays for a flush nobody reads.
 """
 
 import logging
@@ -12,7 +13,15 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .base import FLUSH_SECONDS, FOLLOW_POLL_SECONDS, LineReader, LineStore, SharedLog, mark_gap
+from .base import (
+    FLUSH_SECONDS,
+    FOLLOW_POLL_SECONDS,
+    UNFOLLOWED_FLUSH_SECONDS,
+    LineReader,
+    LineStore,
+    SharedLog,
+    mark_gap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,7 @@ class AnswerLog:
         self._last_read = time.monotonic()  # when a local reader last let go
         self._shared = shared
         self._flushed = 0  # lines the shared log has
+        self._followed = False  # a reader in another process followed at the last flush
         self._flush_lock = threading.Lock()
         self._dirty = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -104,13 +114,14 @@ class AnswerLog:
     def _flush_loop(self) -> None:
         while True:
             self._dirty.wait()
-            if not self.ended:
-                time.sleep(FLUSH_SECONDS)  # gather a batch
+            if not self.ended:  # gather a batch
+                time.sleep(FLUSH_SECONDS if self._followed else UNFOLLOWED_FLUSH_SECONDS)
             self._dirty.clear()
             if self.ended:
                 return  # `end()` writes the rest itself
             try:
                 self._flush()
+                self._followed = self._shared.readers() > 0
             except Exception:
                 log.warning("could not write an answer's lines to the shared log", exc_info=True)
 

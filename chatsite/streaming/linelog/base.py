@@ -7,7 +7,8 @@ that log. A line's `seq` is its index in the log (0, 1, 2, ...).
 Two layers, so that a connected client pays no more than an in-memory append per line:
 
 - `answers.AnswerLog` (this package) keeps the lines in memory for the readers of the
-  producer's own process, and hands them in batches (at most every `FLUSH_SECONDS`) to
+  producer's own process, and hands them in batches (every `FLUSH_SECONDS` while a reader
+  in another process follows, every `UNFOLLOWED_FLUSH_SECONDS` while none does) to
 - a `SharedLog` of the back end (`files`: all workers of one host; `redis`: every host),
   from which readers of other processes follow (`LineStore.follow`).
 
@@ -20,7 +21,10 @@ from typing import Protocol
 
 import orjson
 
-FLUSH_SECONDS = 0.05  # the longest a line waits in memory before the shared log has it
+FLUSH_SECONDS = 0.05  # the longest a line waits in memory while another process follows
+# ... and while none does: each flush costs a write and a look for readers, which at every
+# 50 ms for each of hundreds of answers would cost more than relaying their tokens.
+UNFOLLOWED_FLUSH_SECONDS = 1.0
 FOLLOW_POLL_SECONDS = 1.0  # a remote reader looks again at least this often, woken or not
 LOST = "the answer was interrupted (its server stopped); the chat holds what was saved"
 

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 from ...coordination.file_queue import holder_alive, lock_held
-from ...greenlets import off_the_loop
 from ...ids import canonical_uuid
 from .base import FOLLOW_POLL_SECONDS, ProducerLost, mark_gap
 
@@ -45,12 +44,15 @@ class FileSharedLog:
         self._chat = chat
         self._fd: int | None = fd
 
+    # The writes go to the page cache and are never synced (the file lives for minutes, a
+    # crash loses it by design): inline, an append costs microseconds, where a hand-off to
+    # the thread pool, per answer every FLUSH_SECONDS, cost most of the worker's time.
     def write(self, lines: list[bytes], first: int) -> None:
-        off_the_loop(os.write, self._fd, b"".join(lines))
+        os.write(self._fd, b"".join(lines))
         self._store.wake_readers(self._folder, self._chat)
 
     def end(self) -> None:
-        off_the_loop(os.write, self._fd, END)
+        os.write(self._fd, END)
         self._store.wake_readers(self._folder, self._chat)
 
     def readers(self) -> int:
