@@ -40,6 +40,7 @@ class AnswerLog:
         self._shared = shared
         self._flushed = 0  # lines the shared log has
         self._followed = False  # a reader in another process followed at the last flush
+        self._hurry = threading.Event()  # the last reader here left: flush at once
         self._flush_lock = threading.Lock()
         self._dirty = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -115,7 +116,10 @@ class AnswerLog:
         while True:
             self._dirty.wait()
             if not self.ended:  # gather a batch
-                time.sleep(FLUSH_SECONDS if self._followed else UNFOLLOWED_FLUSH_SECONDS)
+                if self._wanted():
+                    time.sleep(FLUSH_SECONDS)
+                elif self._hurry.wait(UNFOLLOWED_FLUSH_SECONDS):  # the client left: now
+                    self._hurry.clear()
             self._dirty.clear()
             if self.ended:
                 return  # `end()` writes the rest itself
@@ -145,6 +149,14 @@ class AnswerLog:
     def _detach(self, event: threading.Event) -> None:
         self._readers.discard(event)
         self._last_read = time.monotonic()
+        if not self._readers:
+            self._hurry.set()  # its client may come back anywhere: the shared log catches up
+
+    def _wanted(self) -> bool:
+        """Whether the shared log is wanted soon: a reader in another process follows, or
+        no reader here does (the client left and may resume on another worker or host).
+        While only the client that asked reads it here, a flush every second is enough."""
+        return self._followed or not self._readers
 
 
 class MemoryReader:
