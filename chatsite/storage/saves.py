@@ -70,7 +70,7 @@ class ChatSaves:
         either (no fsync, not indexed for search): it must outlive a killed worker, and
         the answer's last save, durable and indexed, follows it.
         """
-        if self.journal.pending(chat_id):
+        if self.journal.has_pending(chat_id):
             return False
         try:
             self._write(Entry(user_id, chat_id, stored_now(), messages), durable=False)
