@@ -233,3 +233,43 @@ def test_sigterm_ends_a_detached_answer_and_saves_it(tmp_path, launch, upstream,
     assert saved[-1]["incomplete"] is True
     content = saved[-1]["content"]
     assert content.startswith("".join(line["msg"] for line in seen)) and len(content) > 20
+
+
+def test_a_checkpoint_is_kept_without_fsync_and_searchable_after_the_final_save(
+    tmp_path, launch, upstream, token_for, user
+):
+    """A checkpoint is cheap: it neither waits for the disk's fsync nor indexes the chat for
+    search; the answer's final save does both (CHATSITE_TEST_FSYNC_GATE holds every fsync
+    of a chat file until the gate file exists, and marks a held one with `.waiting`)."""
+    token = token_for(user)
+    gate = tmp_path / "fsync-gate"
+    gate.touch()  # open while the chat is created
+    server = launch({**host(tmp_path, upstream), "CHATSITE_TEST_FSYNC_GATE": str(gate)}, token)
+    chat_id = create_chat(server.url, token)
+    gate.unlink()
+    waiting = gate.with_name("fsync-gate.waiting")
+    waiting.unlink(missing_ok=True)
+    try:
+        body = slow_body(token, chatfile=chat_id, repeat=25)  # 5 s
+        response, lines = open_chat(server, body)
+        next(lines)
+        # The first checkpoint follows the first line, and no fsync waited for the gate.
+        assert wait_until(lambda: get_chat(server.url, token, chat_id)[-1]["content"], timeout=4)
+        assert get_chat(server.url, token, chat_id)[-1]["incomplete"] is True
+        assert not waiting.exists()
+        # Search finds the chat's words once the answer is saved for good, not before.
+        assert search_ids(server, token, "hello") == []
+        assert wait_until(waiting.exists, timeout=15)  # the final save waits for its fsync
+        assert search_ids(server, token, "hello") == []
+    finally:
+        gate.touch()
+    assert list(lines)[-1]["done"] is True
+    response.close()
+    assert search_ids(server, token, "hello") == [chat_id]
+    assert "incomplete" not in get_chat(server.url, token, chat_id)[-1]
+
+
+def search_ids(server, token, q):
+    answer = post(server, "/search-chats", {"token": token, "q": q})
+    assert answer.status_code == 200, answer.text
+    return [chat["id"] for chat in answer.json()["chats"]]

@@ -148,6 +148,7 @@ def save_chat(
     messages: list[dict],
     accepted: datetime.datetime | None = None,
     replayed: bool = False,
+    durable: bool = True,
 ) -> bool:
     """Replace a chat's messages, renaming a "New chat" from its first user message.
 
@@ -159,10 +160,13 @@ def save_chat(
     `accepted` (default now) becomes the record's `updated_at`. A `replayed` save (from
     the journal) leaves a chat saved at or after its `accepted` as it is: that save is
     either this very one (its answer was lost with the connection) or a later one, which
-    holds what the user sent last. Return whether the chat was written.
+    holds what the user sent last. A save that is not `durable` (an answer's checkpoint)
+    lets the store skip its fsyncs and the search index (see `TranscriptStore`). Return
+    whether the chat was written.
     """
     accepted = accepted or stored_now()
-    with store.stage(user_id, chat_id, messages) as staged, write_transaction():
+    stage = store.stage(user_id, chat_id, messages, durable=durable)
+    with stage as staged, write_transaction():
         chat = find_chat(user_id, chat_id)
         if replayed and chat.updated_at >= accepted:
             return False

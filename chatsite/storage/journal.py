@@ -86,6 +86,20 @@ class Journal:
         """The entries waiting (of one chat, or all), oldest first within each chat."""
         return off_the_loop(self._pending, chat_id)
 
+    def has_pending(self, chat_id: str) -> bool:
+        """Whether entries of the chat wait, looked up inline (no thread-pool hop): for an
+        answer's checkpoint, which writes to the page cache inline too. The folder holds
+        entries only while the database is away (or its replay is behind)."""
+        try:
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    match = ENTRY_NAME.match(entry.name)
+                    if match and match.group(2) == chat_id:
+                        return True
+        except FileNotFoundError:
+            pass
+        return False
+
     def read(self, path: Path) -> Entry:
         """The entry in `path` (ValueError if the file is not a valid entry)."""
         return Entry.decode(off_the_loop(path.read_bytes))

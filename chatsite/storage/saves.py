@@ -66,12 +66,14 @@ class ChatSaves:
         """Save an answer in progress now, or not at all; return whether it was saved.
 
         Never journaled: only the answer's last save must land, and a checkpoint must not
-        pass journaled saves of the chat (it is skipped while they wait).
+        pass journaled saves of the chat (it is skipped while they wait). Not durable
+        either (no fsync, not indexed for search): it must outlive a killed worker, and
+        the answer's last save, durable and indexed, follows it.
         """
-        if self.journal.pending(chat_id):
+        if self.journal.has_pending(chat_id):
             return False
         try:
-            self._write(Entry(user_id, chat_id, stored_now(), messages))
+            self._write(Entry(user_id, chat_id, stored_now(), messages), durable=False)
         except DATABASE_AWAY as error:
             log.info("checkpoint of chat %s skipped: %s", chat_id, type(error).__name__)
             return False
@@ -84,7 +86,7 @@ class ChatSaves:
                 "journaled save of chat %s was already in the chat, or superseded", entry.chat_id
             )
 
-    def _write(self, entry: Entry, replayed: bool = False) -> bool:
+    def _write(self, entry: Entry, replayed: bool = False, durable: bool = True) -> bool:
         """Save with a short-lived connection: none is held while streaming."""
         with database_connection():
             return save_chat(
@@ -94,4 +96,5 @@ class ChatSaves:
                 entry.messages,
                 entry.accepted,
                 replayed,
+                durable,
             )

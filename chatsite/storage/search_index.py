@@ -4,8 +4,9 @@ One row per chat in `chat_search_docs`: its owner, the tokens of its name and th
 its messages' text (`storage.words`: folded, each token once). SQLite searches it through an
 FTS5 table over those rows (kept in step by triggers); PostgreSQL keeps the tokens as
 `tsvector`s under a GIN index. Either way a row goes with its chat (`ON DELETE CASCADE`),
-and `IndexedTranscripts` rewrites it with every save of a transcript, inside the save's own
-transaction, whichever transcript store holds the messages.
+and `IndexedTranscripts` rewrites it with every durable save of a transcript (not an
+answer's checkpoint), inside the save's own transaction, whichever transcript store holds
+the messages.
 """
 
 import contextlib
@@ -186,9 +187,22 @@ class IndexedTranscripts(StagedWrites):
 
     @contextlib.contextmanager
     def stage(
-        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
-    ) -> Iterator[IndexedStage]:
-        """Stage the transcript and its tokens (worked out before any lock is taken)."""
+        self,
+        user_id: str,
+        chat_id: str,
+        messages: list[dict],
+        new: bool = False,
+        durable: bool = True,
+    ) -> Iterator[StagedTranscript]:
+        """Stage the transcript and its tokens (worked out before any lock is taken).
+
+        A stage that is not `durable` (an answer's checkpoint) is not indexed: the answer's
+        final save indexes the chat, so search finds a running answer once it has ended.
+        """
+        if not durable:
+            with self.inner.stage(user_id, chat_id, messages, new, durable) as staged:
+                yield staged
+            return
         words = distinct_tokens(message_texts(messages))
         with self.inner.stage(user_id, chat_id, messages, new) as staged:
             yield IndexedStage(staged, chat_id, words)

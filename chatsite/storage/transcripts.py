@@ -47,10 +47,17 @@ class TranscriptStore(Protocol):
     Writing is staged, so that the slow part (encoding, writing, fsync) happens before the
     database's write lock is taken, and the transaction holds it only for a rename or one
     UPDATE: `with store.stage(...) as staged, write_transaction(): ...; staged.commit()`.
+    A stage that is not `durable` (an answer's checkpoint) need not survive a machine
+    crash, only the process: the store may skip its fsyncs.
     """
 
     def stage(
-        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+        self,
+        user_id: str,
+        chat_id: str,
+        messages: list[dict],
+        new: bool = False,
+        durable: bool = True,
     ) -> AbstractContextManager[StagedTranscript]: ...
     def create(self, user_id: str, chat_id: str, messages: list[dict]) -> int: ...
     def write(self, user_id: str, chat_id: str, messages: list[dict]) -> int: ...
@@ -65,7 +72,12 @@ class StagedWrites:
     """`create` and `write` in one step, for writes with no row to keep in step."""
 
     def stage(
-        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+        self,
+        user_id: str,
+        chat_id: str,
+        messages: list[dict],
+        new: bool = False,
+        durable: bool = True,
     ) -> AbstractContextManager[StagedTranscript]:
         raise NotImplementedError
 
@@ -155,7 +167,9 @@ class FileTranscriptStore(StagedWrites):
     """Chats as `<root>/<user uuid>/<chat uuid>.json`, written atomically.
 
     Writing and fsync run off the event loop (`off_the_loop`): a slow disk holds up the
-    save that waits for it, never the worker's other streams.
+    save that waits for it, never the worker's other streams. A stage that is not durable
+    is written inline into the page cache, with no fsync: it survives a killed worker, not
+    a machine crash (cheap enough to checkpoint an answer early).
     """
 
     def __init__(
@@ -178,28 +192,39 @@ class FileTranscriptStore(StagedWrites):
 
     @contextlib.contextmanager
     def stage(
-        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+        self,
+        user_id: str,
+        chat_id: str,
+        messages: list[dict],
+        new: bool = False,
+        durable: bool = True,
     ) -> Iterator[StagedFile]:
-        """Write the file beside its place and fsync it; after a commit, sync the folder."""
+        """Write the file beside its place and fsync it; after a commit, sync the folder
+        (a stage that is not `durable`: neither)."""
         path = self.path(user_id, chat_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = encode_for_file(messages)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
         staged = StagedFile(path, Path(temp), len(data), new)
         try:
-            off_the_loop(self._write_synced, fd, data)
+            if durable:
+                off_the_loop(self._write, fd, data, True)
+            else:
+                self._write(fd, data, False)
             yield staged
         finally:
             if not staged.committed:
                 staged.temp.unlink(missing_ok=True)
-        off_the_loop(self._sync_folder, path.parent)  # the rename survives a crash from here on
+        if durable:  # the rename survives a crash from here on
+            off_the_loop(self._sync_folder, path.parent)
 
-    def _write_synced(self, fd: int, data: bytes) -> None:
-        """Write `data` to the open file and fsync it (a blocking call: off the loop)."""
+    def _write(self, fd: int, data: bytes, synced: bool) -> None:
+        """Write `data` to the open file, and fsync it if `synced` (then off the loop)."""
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            self._fsync(handle.fileno())
+            if synced:
+                handle.flush()
+                self._fsync(handle.fileno())
 
     def read(self, user_id: str, chat_id: str) -> list[dict]:
         """Return the chat's messages."""
@@ -322,9 +347,15 @@ class DatabaseTranscriptStore(StagedWrites):
 
     @contextlib.contextmanager
     def stage(
-        self, user_id: str, chat_id: str, messages: list[dict], new: bool = False
+        self,
+        user_id: str,
+        chat_id: str,
+        messages: list[dict],
+        new: bool = False,
+        durable: bool = True,
     ) -> Iterator[StagedRow]:
-        """Encode the messages now; the row is written by `commit`."""
+        """Encode the messages now; the row is written by `commit` (durable as the
+        database makes it)."""
         yield StagedRow(canonical_uuid(chat_id), json.dumps(messages), new)
 
     def read(self, user_id: str, chat_id: str) -> list[dict]:

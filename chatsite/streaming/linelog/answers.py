@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 from .base import (
     FLUSH_SECONDS,
-    FOLLOW_POLL_SECONDS,
     UNFOLLOWED_FLUSH_SECONDS,
     LineReader,
     LineStore,
@@ -35,7 +34,8 @@ class AnswerLog:
         self.count = 0  # lines appended so far: the next line's seq
         self.ended_at: float | None = None  # monotonic; set by `end()`
         self.keep_lines = max(1, keep_lines)
-        self._readers: set[threading.Event] = set()
+        self._readers: tuple[threading.Event, ...] = ()  # replaced, never changed in place
+        self._readers_lock = threading.Lock()  # (attaching, detaching: rare)
         self._last_read = time.monotonic()  # when a local reader last let go
         self._shared = shared
         self._flushed = 0  # lines the shared log has
@@ -58,7 +58,7 @@ class AnswerLog:
 
     def publish(self) -> None:
         """Wake the readers for the lines appended since the last call."""
-        for event in list(self._readers):
+        for event in self._readers:
             event.set()
         if self._shared is not None and not self._dirty.is_set():
             self._dirty.set()
@@ -144,10 +144,12 @@ class AnswerLog:
         return MemoryReader(self, start)
 
     def _attach(self, event: threading.Event) -> None:
-        self._readers.add(event)
+        with self._readers_lock:
+            self._readers = (*self._readers, event)
 
     def _detach(self, event: threading.Event) -> None:
-        self._readers.discard(event)
+        with self._readers_lock:
+            self._readers = tuple(e for e in self._readers if e is not event)
         self._last_read = time.monotonic()
         if not self._readers:
             self._hurry.set()  # its client may come back anywhere: the shared log catches up
@@ -186,7 +188,7 @@ class MemoryReader:
                 continue
             if answer.ended:
                 return
-            event.wait(FOLLOW_POLL_SECONDS)
+            event.wait()  # no timer per wait: `publish()` wakes it, and `end()` publishes
 
     def close(self) -> None:
         if not self._closed:
