@@ -84,11 +84,6 @@ class AnswerLog:
         finally:
             self._shared.close()
 
-    def abandon(self) -> None:
-        """The producer failed without a last line: let go of the shared log unended."""
-        if self._shared is not None and not self.ended:
-            self._shared.close()
-
     def unread_seconds(self) -> float:
         """Seconds since any reader, here or elsewhere, followed the answer (0 while one does)."""
         if self._readers:
