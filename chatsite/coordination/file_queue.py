@@ -24,6 +24,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from .base import EventTicket, model_key
 from .signals import LocalSignals
@@ -74,6 +75,30 @@ def holder_alive(path: str) -> bool:
         return lock_held(fd)
     finally:
         os.close(fd)
+
+
+def remove_unheld(
+    root: str, cutoff: float, wanted: Callable[[str], bool] = lambda _name: True
+) -> int:
+    """Remove the files one folder below `root` (those whose name is `wanted`) that were
+    last changed before `cutoff` (a wall-clock time) and whose flock nobody holds: what
+    dead processes left. Return how many went."""
+    removed = 0
+    for entry in os.listdir(root):
+        folder = os.path.join(root, entry)
+        try:
+            names = [name for name in os.listdir(folder) if wanted(name)]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if os.stat(path).st_mtime < cutoff and not holder_alive(path):
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
 
 
 def _unlink(path: str) -> None:
@@ -131,22 +156,8 @@ class FileQueue:
 
     def clean_stray_drafts(self) -> int:
         """Remove the ticket drafts that dead workers left in the lines; return how many."""
-        removed = 0
         cutoff = time.time() - STALE_DRAFT_SECONDS
-        for line in os.listdir(self.root):
-            folder = os.path.join(self.root, line)
-            try:
-                drafts = [name for name in os.listdir(folder) if name.startswith(".")]
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in drafts:
-                path = os.path.join(folder, name)
-                try:
-                    if os.stat(path).st_mtime < cutoff and not holder_alive(path):
-                        os.unlink(path)
-                        removed += 1
-                except FileNotFoundError:
-                    continue
+        removed = remove_unheld(self.root, cutoff, lambda name: name.startswith("."))
         if removed:
             log.info("removed %d stray ticket drafts", removed)
         return removed

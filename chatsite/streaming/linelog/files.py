@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ...coordination.file_queue import holder_alive, lock_held
+from ...coordination.file_queue import holder_alive, lock_held, remove_unheld
 from ...ids import canonical_uuid
 from .base import FOLLOW_POLL_SECONDS, ProducerLost, mark_gap
 
@@ -253,20 +253,7 @@ class FileLineStore:
             if now - self._swept < max(self.keep_seconds, 1.0):
                 return
             self._swept = now
-        cutoff = time.time() - self.keep_seconds
-        for user in os.listdir(self.root):
-            folder = os.path.join(self.root, user)
-            try:
-                names = os.listdir(folder)
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for name in names:
-                path = os.path.join(folder, name)
-                try:
-                    if os.stat(path).st_mtime < cutoff and not holder_alive(path):
-                        os.unlink(path)
-                except FileNotFoundError:
-                    continue
+        remove_unheld(self.root, time.time() - self.keep_seconds)
 
 
 def _ended(path: str) -> bool:
