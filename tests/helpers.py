@@ -304,7 +304,7 @@ def site_env(folder: Path, instances: list, database_url: str | None = None, ini
     return env
 
 
-def sessions_on_workers(server, count, workers, attempts=60):
+def sessions_on_workers(server, count, workers, attempts=200):
     """Open `count` keep-alive sessions spread over the workers: [(session, worker pid)].
 
     A burst of new connections is accepted by whichever worker wakes first, often all by

@@ -81,7 +81,7 @@ def test_an_answer_outlives_its_client_and_is_resumed_anywhere(
     config = {"DETACHED_MAX_SECONDS": 3, "RESUME_KEEP_SECONDS": 4, "RESUME_KEEP_LINES": 60}
     token = token_for(user)
     server = launch(host(tmp_path, upstream, **config), token, workers=2)
-    (one, one_pid), (two, two_pid) = sessions_on_workers(server, 2, workers=2, attempts=200)
+    (one, one_pid), (two, two_pid) = sessions_on_workers(server, 2, workers=2)
     assert one_pid != two_pid
     chat_id = create_chat(server.url, token)
 
@@ -192,7 +192,7 @@ def test_a_killed_worker_leaves_its_checkpoint_and_resume_ends_in_error(
 ):
     token = token_for(user)
     server = launch(host(tmp_path, upstream), token, workers=2)
-    (one, one_pid), (two, _) = sessions_on_workers(server, 2, workers=2, attempts=200)
+    (one, one_pid), (two, _) = sessions_on_workers(server, 2, workers=2)
     chat_id = create_chat(server.url, token)
     response, lines = open_chat(server, slow_body(token, chatfile=chat_id), one)  # 40 s
     next(lines)
