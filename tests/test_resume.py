@@ -197,8 +197,8 @@ def test_a_killed_worker_leaves_its_checkpoint_and_resume_ends_in_error(
     response, lines = open_chat(server, slow_body(token, chatfile=chat_id), one)  # 40 s
     next(lines)
     response.close()
-    # The first checkpoint follows the first line.
-    assert wait_until(lambda: get_chat(server.url, token, chat_id)[-1]["content"], timeout=5)
+    # The client left: a checkpoint follows at once (the periodic one would come in 5 s).
+    assert wait_until(lambda: get_chat(server.url, token, chat_id)[-1]["content"], timeout=2.5)
     _, following = resume(server, token, chat_id, session=two)
     seen = [next(following) for _ in range(5)]
     os.kill(one_pid, signal.SIGKILL)
@@ -250,11 +250,12 @@ def test_a_checkpoint_is_kept_without_fsync_and_searchable_after_the_final_save(
     waiting = gate.with_name("fsync-gate.waiting")
     waiting.unlink(missing_ok=True)
     try:
-        body = slow_body(token, chatfile=chat_id, repeat=25)  # 5 s
+        body = slow_body(token, chatfile=chat_id, repeat=40)  # 8 s
         response, lines = open_chat(server, body)
         next(lines)
-        # The first checkpoint follows the first line, and no fsync waited for the gate.
-        assert wait_until(lambda: get_chat(server.url, token, chat_id)[-1]["content"], timeout=4)
+        # The client stays: the first checkpoint comes 5 s in, and no fsync waited for the gate.
+        assert [m["role"] for m in get_chat(server.url, token, chat_id)] == ["assistant"]
+        assert wait_until(lambda: get_chat(server.url, token, chat_id)[-1]["content"], timeout=7)
         assert get_chat(server.url, token, chat_id)[-1]["incomplete"] is True
         assert not waiting.exists()
         # Search finds the chat's words once the answer is saved for good, not before.

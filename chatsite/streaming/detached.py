@@ -2,8 +2,9 @@
 
 The producer (`DetachedAnswer.run`) drives the reply's records into the answer's log with
 no WSGI response in sight: the original response and any `/resume` only read that log, and
-closing one only detaches it. While it runs, the producer saves the answer so far at most
-every `CHECKPOINT_SECONDS` (marked incomplete), and stops it when nobody has read it for
+closing one only detaches it. While it runs, the producer saves the answer so far (marked
+incomplete) every `CHECKPOINT_SECONDS` and as soon as the last reader in its process has
+left (a reloaded page reads the chat before it resumes), and stops it when nobody has read it for
 `DETACHED_MAX_SECONDS`. A worker that is shutting down waits for its answers (`wait_for`)
 until the drain ends them.
 """
@@ -13,10 +14,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import gevent
 import orjson
 
-from ..greenlets import gevent_active
+from ..greenlets import run_apart
 from .linelog import LOST, LineReader, ProducerLost
 from .linelog.answers import AnswerLog
 from .reply import StreamedReply, error_line
@@ -47,15 +47,13 @@ class DetachedAnswer:
         """Run the producer in a greenlet (a thread outside gevent) of its own."""
         with _running_lock:
             _running.add(self)
-        if gevent_active():
-            gevent.spawn(self.run)
-        else:
-            threading.Thread(target=self.run, name="chatsite-answer", daemon=True).start()
+        run_apart(self.run, "chatsite-answer")
 
     def run(self) -> None:
         reply, answer = self.reply, self.answer
         encode, append = reply.encode, answer.append
-        look = checkpoint = time.monotonic()
+        look = time.monotonic()
+        checkpoint = look + CHECKPOINT_SECONDS
         try:
             for item in reply.lines:
                 if type(item) is dict:
@@ -65,6 +63,11 @@ class DetachedAnswer:
                         append(encode(record))
                 answer.publish()
                 now = time.monotonic()
+                # The last reader here left (a reload, a lost connection): save the chat so
+                # far now, for the /get-chat that comes before the /resume.
+                if answer.left and self._checkpoint():
+                    answer.left = False
+                    checkpoint = now + CHECKPOINT_SECONDS
                 if now >= look:
                     look = now + LOOK_SECONDS
                     if self.unread_too_long() and not reply.stopped:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from ...greenlets import run_apart
 from .base import (
     FLUSH_SECONDS,
     UNFOLLOWED_FLUSH_SECONDS,
@@ -41,9 +42,10 @@ class AnswerLog:
         self._flushed = 0  # lines the shared log has
         self._followed = False  # a reader in another process followed at the last flush
         self._hurry = threading.Event()  # the last reader here left: flush at once
+        self.left = False  # ... and the producer saves a checkpoint (it clears this)
         self._flush_lock = threading.Lock()
         self._dirty = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._flushing = False
 
     @property
     def ended(self) -> bool:
@@ -62,11 +64,9 @@ class AnswerLog:
             event.set()
         if self._shared is not None and not self._dirty.is_set():
             self._dirty.set()
-            if self._flusher is None:
-                self._flusher = threading.Thread(
-                    target=self._flush_loop, name="chatsite-linelog-flusher", daemon=True
-                )
-                self._flusher.start()
+            if not self._flushing:
+                self._flushing = True
+                run_apart(self._flush_loop, "chatsite-linelog-flusher")
         self._trim()
 
     def end(self) -> None:
@@ -148,6 +148,7 @@ class AnswerLog:
         self._last_read = time.monotonic()
         if not self._readers:
             self._hurry.set()  # its client may come back anywhere: the shared log catches up
+            self.left = True
 
     def _wanted(self) -> bool:
         """Whether the shared log is wanted soon: a reader in another process follows, or
