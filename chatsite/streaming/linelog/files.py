@@ -160,11 +160,14 @@ class FileLineStore:
     def create(self, user_id: str, chat_id: str) -> FileSharedLog:
         self._sweep_now_and_then()
         folder = self._folder(user_id)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
         chat = canonical_uuid(chat_id)
         draft = os.path.join(folder, f".{chat}.{secrets.token_hex(4)}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
-        fd = os.open(draft, flags, 0o600)
+        try:
+            fd = os.open(draft, flags, 0o600)
+        except FileNotFoundError:  # the user's first answer here (asked first: cheaper)
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            fd = os.open(draft, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Held before it appears under its name: a visible log is never mistaken for lost.
