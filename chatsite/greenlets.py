@@ -5,6 +5,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from gevent import get_hub, getcurrent, monkey, spawn
+from gevent.hub import Waiter
 
 T = TypeVar("T")
 
@@ -37,3 +38,43 @@ def run_apart(function: Callable[[], Any], name: str) -> None:
         spawn(function)
     else:
         threading.Thread(target=function, name=name, daemon=True).start()
+
+
+class WakeUp:
+    """Wake one waiting reader from the greenlet (or thread) that has news for it.
+
+    `wait()` returns once `set()` was called since the last `wait()` returned. Under
+    gevent a wake-up is a hub callback into a `Waiter` (half what an `Event` costs, which
+    counts once per streamed line); elsewhere it is a `threading.Event`.
+    """
+
+    def __init__(self) -> None:
+        self._hub = get_hub() if gevent_active() else None
+        self._event = threading.Event() if self._hub is None else None
+        self._waiter: Waiter | None = None
+        self._pending = False
+
+    def set(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            return
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            self._pending = True
+        else:
+            self._hub.loop.run_callback(waiter.switch, None)
+
+    def wait(self) -> None:
+        if self._event is not None:
+            self._event.wait()
+            self._event.clear()
+            return
+        if self._pending:
+            self._pending = False
+            return
+        waiter = self._waiter = Waiter(self._hub)
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+            self._pending = False

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ...greenlets import run_apart
+from ...greenlets import WakeUp, run_apart
 from .base import (
     FLUSH_SECONDS,
     UNFOLLOWED_FLUSH_SECONDS,
@@ -25,6 +25,8 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
+PRUNE_SECONDS = 1.0
+
 
 class AnswerLog:
     """One answer's lines (the latest `keep_lines` of them), its local readers, its flusher."""
@@ -35,7 +37,7 @@ class AnswerLog:
         self.count = 0  # lines appended so far: the next line's seq
         self.ended_at: float | None = None  # monotonic; set by `end()`
         self.keep_lines = max(1, keep_lines)
-        self._readers: tuple[threading.Event, ...] = ()  # replaced, never changed in place
+        self._readers: tuple[WakeUp, ...] = ()  # replaced, never changed in place
         self._readers_lock = threading.Lock()  # (attaching, detaching: rare)
         self._last_read = time.monotonic()  # when a local reader last let go
         self._shared = shared
@@ -138,11 +140,11 @@ class AnswerLog:
     def follow(self, start: int) -> "MemoryReader":
         return MemoryReader(self, start)
 
-    def _attach(self, event: threading.Event) -> None:
+    def _attach(self, event: WakeUp) -> None:
         with self._readers_lock:
             self._readers = (*self._readers, event)
 
-    def _detach(self, event: threading.Event) -> None:
+    def _detach(self, event: WakeUp) -> None:
         with self._readers_lock:
             self._readers = tuple(e for e in self._readers if e is not event)
         self._last_read = time.monotonic()
@@ -163,7 +165,7 @@ class MemoryReader:
     def __init__(self, answer: AnswerLog, start: int) -> None:
         self._answer = answer
         self._next = max(0, start)
-        self._event = threading.Event()
+        self._event = WakeUp()
         self._closed = False
         answer._attach(self._event)
 
@@ -171,7 +173,6 @@ class MemoryReader:
         answer, event = self._answer, self._event
         gap = False
         while True:
-            event.clear()
             if self._next < answer.base:
                 gap, self._next = True, answer.base
             end = answer.count
@@ -205,6 +206,7 @@ class LineLogs:
         self.keep_lines = keep_lines
         self._answers: dict[tuple[str, str], AnswerLog] = {}
         self._lock = threading.Lock()
+        self._pruned = 0.0  # monotonic
 
     def start(self, user_id: str, chat_id: str) -> AnswerLog:
         """The log of a new answer of the chat (the user's lock is held: one at a time)."""
@@ -223,10 +225,20 @@ class LineLogs:
     def _local(self, user_id: str, chat_id: str) -> AnswerLog | None:
         with self._lock:
             self._prune()
-            return self._answers.get((user_id, chat_id))
+            answer = self._answers.get((user_id, chat_id))
+        ended_at = answer.ended_at if answer is not None else None
+        if ended_at is not None and ended_at < time.monotonic() - self.keep_seconds:
+            return None  # kept no longer, though not pruned yet
+        return answer
 
     def _prune(self) -> None:
-        cutoff = time.monotonic() - self.keep_seconds
+        """Forget answers ended more than the keep time ago: a pass over all of them, so at
+        most once a second (a start or a look-up must not cost one per answer kept)."""
+        now = time.monotonic()
+        if now - self._pruned < PRUNE_SECONDS:
+            return
+        self._pruned = now
+        cutoff = now - self.keep_seconds
         expired = [
             key
             for key, a in self._answers.items()
