@@ -85,6 +85,15 @@ class AnswerLog:
             log.exception("could not end the shared log of an answer")
         finally:
             self._shared.close()
+        self._forget_if_shared()
+
+    def _forget_if_shared(self) -> None:
+        """Drop the lines of an ended answer that no reader here still reads and that the
+        shared log holds whole: a later /resume reads them there. Kept in memory for the
+        keep time, every answer's lines would stay a minute longer than its stream."""
+        if self.ended and not self._readers and self._flushed == self.count:
+            self.lines = []
+            self.base = self.count
 
     def unread_seconds(self) -> float:
         """Seconds since any reader, here or elsewhere, followed the answer (0 while one does)."""
@@ -151,6 +160,8 @@ class AnswerLog:
         if not self._readers:
             self._hurry.set()  # its client may come back anywhere: the shared log catches up
             self.left = True
+            if self._shared is not None:
+                self._forget_if_shared()
 
     def _wanted(self) -> bool:
         """Whether the shared log is wanted soon: a reader in another process follows, or
