@@ -87,9 +87,9 @@ class Journal:
         return off_the_loop(self._pending, chat_id)
 
     def has_pending(self, chat_id: str) -> bool:
-        """Whether entries of the chat wait, looked up inline (no thread-pool hop): for an
-        answer's checkpoint, which writes to the page cache inline too. The folder holds
-        entries only while the database is away (or its replay is behind)."""
+        """Whether entries of the chat wait, looked up inline (no thread-pool hop, which
+        cost more than the look itself on every save): the folder holds entries only while
+        the database is away (or its replay is behind), so the look is one short scandir."""
         try:
             with os.scandir(self.folder) as entries:
                 for entry in entries:

@@ -44,7 +44,7 @@ class ChatSaves:
     def save(self, user_id: str, chat_id: str, messages: list[dict]) -> Saved:
         """Save the chat's new messages now, or journal them (OSError if even that fails)."""
         entry = Entry(user_id, chat_id, stored_now(), messages)
-        if not self.journal.pending(chat_id):
+        if not self.journal.has_pending(chat_id):  # inline: the folder is empty but in outages
             try:
                 self._write(entry)
                 return Saved.DONE

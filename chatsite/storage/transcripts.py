@@ -202,9 +202,12 @@ class FileTranscriptStore(StagedWrites):
         """Write the file beside its place and fsync it; after a commit, sync the folder
         (a stage that is not `durable`: neither)."""
         path = self.path(user_id, chat_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = encode_for_file(messages)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
+        try:
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
+        except FileNotFoundError:  # the user's first chat (asked first: one syscall less)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=".json")
         staged = StagedFile(path, Path(temp), len(data), new)
         try:
             if durable:
