@@ -28,18 +28,18 @@ log = logging.getLogger(__name__)
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
+NOTE_SIZE = 36  # a user's lock file says which chat its holder writes: a canonical uuid
+
+
 class FileLease:
     """An flock held through an open descriptor; `release()` unlocks and closes it once."""
 
-    __slots__ = ("_after", "_clear", "_fd", "_guard")
+    __slots__ = ("_after", "_fd", "_guard")
 
-    def __init__(
-        self, fd: int, after: Callable[[], None] | None = None, clear: bool = False
-    ) -> None:
+    def __init__(self, fd: int, after: Callable[[], None] | None = None) -> None:
         self._fd: int | None = fd
         self._guard = threading.Lock()  # a second close could hit a reused descriptor number
         self._after = after
-        self._clear = clear  # empty the file before unlocking (what the holder wrote in it)
 
     def release(self) -> None:
         """Unlock and close; later calls do nothing."""
@@ -48,8 +48,6 @@ class FileLease:
         if fd is None:
             return
         try:
-            if self._clear:
-                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
@@ -78,15 +76,16 @@ class FileCoordinator:
     ) -> Lease | None:
         """Lock `path` at once, or return None if someone (even this process) holds it.
 
-        `note`: what the file says while it is held (emptied again on release).
+        `note`: what the file says while it is held, padded with spaces to NOTE_SIZE bytes
+        and overwritten in place by the next holder (truncating it to empty it again cost
+        the filesystem a block freed and allocated per request); it means something only
+        while the file is held.
         """
         fd = os.open(path, _OPEN_FLAGS, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if note is not None:
-                # A holder killed with SIGKILL leaves its note behind: always write anew.
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, note, 0)
+                os.pwrite(fd, note.ljust(NOTE_SIZE), 0)
         except OSError as error:
             os.close(fd)
             if error.errno in LOCK_HELD:
@@ -95,7 +94,7 @@ class FileCoordinator:
         except BaseException:
             os.close(fd)
             raise
-        return FileLease(fd, after, clear=note is not None)
+        return FileLease(fd, after)
 
     def _user_path(self, user_id: str) -> str:
         return os.path.join(self._users_dir, f"{canonical_uuid(user_id)}.lock")
@@ -103,7 +102,7 @@ class FileCoordinator:
     def try_lock_user(self, user_id: str, chat_id: str | None = None) -> Lease | None:
         """Take the user's lock at once, or None if any worker of this host holds it.
 
-        The lock file holds the chat the request writes (empty: none) while it is held.
+        The lock file holds the chat the request writes (blank: none) while it is held.
         """
         note = canonical_uuid(chat_id).encode() if chat_id is not None else b""
         return self._try_lock(self._user_path(user_id), note=note)
@@ -119,7 +118,7 @@ class FileCoordinator:
             return None
         try:
             with open(path, "rb") as handle:
-                text = handle.read(64).decode("ascii", "replace")
+                text = handle.read(NOTE_SIZE).decode("ascii", "replace").strip()
         except FileNotFoundError:
             return None
         return text or None
