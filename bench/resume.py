@@ -65,7 +65,7 @@ FULL = Plan(
     wave=10,
     cpu_streams=200,
     cpu_tokens=150,
-    reps=3,
+    reps=5,
 )
 QUICK = Plan(
     streams=50,
@@ -348,9 +348,11 @@ class ResumeBench:
         plan = self.plan
         chats = {name: self.chats(server, tokens[name]) for name, server in servers.items()}
         per_token: dict[str, list[float]] = {name: [] for name in servers}
-        for name, server in servers.items():  # warm up: imports, pools, first saves
-            self.cpu_run(server, tokens[name][:10], chats[name][:10], 10)
         count = plan.cpu_streams
+        # Warm up every user the runs use (imports, pools, each user's first folders and
+        # files): else the first repetition pays them, for both revisions alike.
+        for name, server in servers.items():
+            self.cpu_run(server, tokens[name][:count], chats[name][:count], 10)
         for rep in range(plan.reps):
             for name, server in servers.items():
                 cpu, lines = self.cpu_run(
