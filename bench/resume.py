@@ -371,10 +371,13 @@ class ResumeBench:
                 )
             )
         paired = statistics.median(c / b for c, b in zip(current, base, strict=True))
-        verdict = "goal met" if min(current) / min(base) <= 1.10 else "GOAL NOT MET"
+        # The verdict reads the median of the paired ratios (each run against the run of
+        # the other revision just before it): on a shared machine one lucky or unlucky run
+        # moves a best-of ratio by 10-20 %, the median of five pairs much less.
+        verdict = "goal met" if paired <= 1.10 else "GOAL NOT MET"
         self.rows.append(
             (
-                "this tree / baseline, CPU per token (goal <= 1.10)",
+                "this tree / baseline, CPU per token (goal: median of pairs <= 1.10)",
                 f"{min(current) / min(base):.3f} best of each; {paired:.3f} median of pairs "
                 f"({verdict})",
             )
