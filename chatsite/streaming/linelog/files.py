@@ -4,7 +4,9 @@
 per line, and a blank line after the last one. Its producer holds an flock on it for as
 long as it writes, so the kernel tells a running answer from one whose worker was killed
 (SIGKILL included): no last line and nobody holding the file is `ProducerLost`. A new
-answer of the chat replaces the file by a rename; a reader of the old one keeps its own.
+answer of the chat empties and reuses the file when nobody reads the old one (a new inode
+per answer cost more CPU than the answer's relay), else replaces it by a rename: a reader
+of the old one keeps its own.
 
 A reader holds an flock on a marker file `<chat>.r.<worker>.<n>` beside it while it
 follows: the producer counts them (someone is reading) and wakes their workers after each
@@ -161,6 +163,9 @@ class FileLineStore:
         self._sweep_now_and_then()
         folder = self._folder(user_id)
         chat = canonical_uuid(chat_id)
+        fd = self._reuse(folder, chat)
+        if fd is not None:
+            return FileSharedLog(self, folder, chat, fd)
         draft = os.path.join(folder, f".{chat}.{secrets.token_hex(4)}")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
@@ -178,6 +183,31 @@ class FileLineStore:
                 os.unlink(draft)
             raise
         return FileSharedLog(self, folder, chat, fd)
+
+    def _reuse(self, folder: str, chat: str) -> int | None:
+        """The chat's previous answer file, emptied for the new answer, if nobody reads it.
+
+        A new file costs the filesystem an inode (about 0.7 ms of CPU on this project's
+        ext4, per answer); the previous answer ended (the user's lock is held now), and
+        with no live reader marker nobody is reading it. A reader that opens it from now on
+        reads the new answer, as it would after a rename. Else (a reader follows the old
+        answer, or the sweep just unlinked it) None: a new file replaces it by a rename.
+        """
+        path = os.path.join(folder, chat + SUFFIX)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Held from here: the sweep leaves it alone; one it unlinked before has no link.
+            if os.fstat(fd).st_nlink and not self.reader_markers(folder, chat, live=True):
+                os.ftruncate(fd, 0)
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+        return None
 
     def reader_markers(self, folder: str, chat: str, live: bool = False) -> list[str]:
         """The reader marker names of a chat's answer (only those held, with `live`)."""
