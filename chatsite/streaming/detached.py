@@ -52,7 +52,7 @@ class DetachedAnswer:
     def run(self) -> None:
         reply, answer = self.reply, self.answer
         encode, append = reply.encode, answer.append
-        look = time.monotonic()
+        look = saved = time.monotonic()
         checkpoint = look + CHECKPOINT_SECONDS
         try:
             for item in reply.lines:
@@ -64,17 +64,18 @@ class DetachedAnswer:
                 answer.publish()
                 now = time.monotonic()
                 # The last reader here left (a reload, a lost connection): save the chat so
-                # far now, for the /get-chat that comes before the /resume.
-                if answer.left and self._checkpoint():
+                # far now, for the /get-chat that comes before the /resume (at most once a
+                # second: a client that keeps reconnecting does not make a save of each).
+                if answer.left and now - saved >= LOOK_SECONDS and self._checkpoint():
                     answer.left = False
-                    checkpoint = now + CHECKPOINT_SECONDS
+                    saved, checkpoint = now, now + CHECKPOINT_SECONDS
                 if now >= look:
                     look = now + LOOK_SECONDS
                     if self.unread_too_long() and not reply.stopped:
                         log.info("nobody read an answer for %.0f s: stopped", self.detached_max)
                         reply.stop()
                     if now >= checkpoint and self._checkpoint():
-                        checkpoint = now + CHECKPOINT_SECONDS
+                        saved, checkpoint = now, now + CHECKPOINT_SECONDS
         except BaseException as error:  # a drain landing outside the reply's own handling
             reply.lines.close()
             reply.finish(complete=False)
