@@ -4,9 +4,9 @@ The producer (`DetachedAnswer.run`) drives the reply's records into the answer's
 no WSGI response in sight: the original response and any `/resume` only read that log, and
 closing one only detaches it. While it runs, the producer saves the answer so far (marked
 incomplete) every `CHECKPOINT_SECONDS` and as soon as the last reader in its process has
-left (a reloaded page reads the chat before it resumes), and stops it when nobody has read it for
-`DETACHED_MAX_SECONDS`. A worker that is shutting down waits for its answers (`wait_for`)
-until the drain ends them.
+left (a reloaded page reads the chat before it resumes), and stops it when nobody has read
+it for `DETACHED_MAX_SECONDS`. A worker that is shutting down waits for its answers
+(`wait_for`) until the drain ends them.
 """
 
 import logging
