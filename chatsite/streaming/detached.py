@@ -52,8 +52,7 @@ class DetachedAnswer:
     def run(self) -> None:
         reply, answer = self.reply, self.answer
         encode, append = reply.encode, answer.append
-        look = saved = time.monotonic()
-        checkpoint = look + CHECKPOINT_SECONDS
+        look = saved = time.monotonic()  # `saved`: the last checkpoint (none yet: the start)
         try:
             for item in reply.lines:
                 if type(item) is dict:
@@ -68,14 +67,14 @@ class DetachedAnswer:
                 # second: a client that keeps reconnecting does not make a save of each).
                 if answer.left and now - saved >= LOOK_SECONDS and self._checkpoint():
                     answer.left = False
-                    saved, checkpoint = now, now + CHECKPOINT_SECONDS
+                    saved = now
                 if now >= look:
                     look = now + LOOK_SECONDS
                     if self.unread_too_long() and not reply.stopped:
                         log.info("nobody read an answer for %.0f s: stopped", self.detached_max)
                         reply.stop()
-                    if now >= checkpoint and self._checkpoint():
-                        saved, checkpoint = now, now + CHECKPOINT_SECONDS
+                    if now - saved >= CHECKPOINT_SECONDS and self._checkpoint():
+                        saved = now
         except BaseException as error:  # a drain landing outside the reply's own handling
             reply.lines.close()
             reply.finish(complete=False)
