@@ -91,7 +91,8 @@ class AnswerLog:
         """Drop the lines of an ended answer that no reader here still reads and that the
         shared log holds whole: a later /resume reads them there. Kept in memory for the
         keep time, every answer's lines would stay a minute longer than its stream."""
-        if self.ended and not self._readers and self._flushed == self.count:
+        shared_whole = self._shared is not None and self._flushed == self.count
+        if shared_whole and self.ended and not self._readers:
             self.lines = []
             self.base = self.count
 
@@ -160,8 +161,7 @@ class AnswerLog:
         if not self._readers:
             self._hurry.set()  # its client may come back anywhere: the shared log catches up
             self.left = True
-            if self._shared is not None:
-                self._forget_if_shared()
+            self._forget_if_shared()
 
     def _wanted(self) -> bool:
         """Whether the shared log is wanted soon: a reader in another process follows, or
@@ -237,10 +237,12 @@ class LineLogs:
         with self._lock:
             self._prune()
             answer = self._answers.get((user_id, chat_id))
-        ended_at = answer.ended_at if answer is not None else None
-        if ended_at is not None and ended_at < time.monotonic() - self.keep_seconds:
+        if answer is not None and self._expired(answer, time.monotonic()):
             return None  # kept no longer, though not pruned yet
         return answer
+
+    def _expired(self, answer: AnswerLog, now: float) -> bool:
+        return answer.ended_at is not None and answer.ended_at < now - self.keep_seconds
 
     def _prune(self) -> None:
         """Forget answers ended more than the keep time ago: a pass over all of them, so at
@@ -249,12 +251,7 @@ class LineLogs:
         if now - self._pruned < PRUNE_SECONDS:
             return
         self._pruned = now
-        cutoff = now - self.keep_seconds
-        expired = [
-            key
-            for key, a in self._answers.items()
-            if a.ended_at is not None and a.ended_at < cutoff
-        ]
+        expired = [key for key, a in self._answers.items() if self._expired(a, now)]
         for key in expired:
             del self._answers[key]
 

@@ -163,7 +163,8 @@ class FileLineStore:
         self._sweep_now_and_then()
         folder = self._folder(user_id)
         chat = canonical_uuid(chat_id)
-        fd = self._reuse(folder, chat)
+        path = os.path.join(folder, chat + SUFFIX)
+        fd = self._reuse(path, folder, chat)
         if fd is not None:
             return FileSharedLog(self, folder, chat, fd)
         draft = os.path.join(folder, f".{chat}.{secrets.token_hex(4)}")
@@ -176,7 +177,7 @@ class FileLineStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # Held before it appears under its name: a visible log is never mistaken for lost.
-            os.rename(draft, os.path.join(folder, chat + SUFFIX))
+            os.rename(draft, path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
@@ -184,7 +185,7 @@ class FileLineStore:
             raise
         return FileSharedLog(self, folder, chat, fd)
 
-    def _reuse(self, folder: str, chat: str) -> int | None:
+    def _reuse(self, path: str, folder: str, chat: str) -> int | None:
         """The chat's previous answer file, emptied for the new answer, if nobody reads it.
 
         A new file costs the filesystem an inode (about 0.7 ms of CPU on this project's
@@ -193,7 +194,6 @@ class FileLineStore:
         reads the new answer, as it would after a rename. Else (a reader follows the old
         answer, or the sweep just unlinked it) None: a new file replaces it by a rename.
         """
-        path = os.path.join(folder, chat + SUFFIX)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
