@@ -85,8 +85,41 @@ def wait_until(predicate, timeout=5.0, step=0.02):
         time.sleep(step)
 
 
-class Gunicorn:
+class LoggedProcess:
+    """A server process whose output goes to an unnamed temp file (never an unread pipe: a
+    full pipe would block it); `with` stops it and drops the file."""
+
+    process: subprocess.Popen | None = None
+    log_file = None
+    log_limit: int | None = None  # how much of its output's end `log()` gives (None: all)
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def log(self, limit: int | None = None) -> str:
+        """The end of the output (`limit` characters, else `log_limit`, else all of it)."""
+        if self.log_file is None or self.log_file.closed:
+            return ""
+        limit = limit or self.log_limit
+        # pread leaves the offset alone: the process shares it and keeps appending there.
+        fd = self.log_file.fileno()
+        size = os.fstat(fd).st_size
+        start = max(0, size - limit) if limit else 0
+        return os.pread(fd, size - start, start).decode(errors="replace")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+class Gunicorn(LoggedProcess):
     """chatsite under gunicorn with gevent workers, configured by CHATSITE_* variables."""
+
+    log_limit = 3000
 
     def __init__(
         self,
@@ -157,30 +190,12 @@ class Gunicorn:
             time.sleep(0.05)
         raise RuntimeError(f"gunicorn did not become ready: {self.log()}")
 
-    def log(self, limit: int = 3000) -> str:
-        """The end of gunicorn's output (its error log and access log)."""
-        if self.log_file is None or self.log_file.closed:
-            return ""
-        # pread leaves the offset alone: gunicorn shares it and keeps appending there.
-        fd = self.log_file.fileno()
-        size = os.fstat(fd).st_size
-        start = max(0, size - limit)
-        return os.pread(fd, size - start, start).decode(errors="replace")
-
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
         return [int(pid) for pid in children.split()]
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 30.0):
         stop_process(self.process, sig, timeout)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-        if self.log_file is not None:
-            self.log_file.close()
 
 
 def nginx_binary() -> str | None:
@@ -261,7 +276,7 @@ class Nginx:
         self.stop()
 
 
-class LlamaServer:
+class LlamaServer(LoggedProcess):
     """llama-cpp-python's OpenAI-compatible server (`make real-model`) serving one GGUF file.
 
     One thread, for the whole batch too: llama.cpp's threads wait for each other at every
@@ -300,26 +315,11 @@ class LlamaServer:
         self.stop()
         raise RuntimeError(f"llama_cpp.server did not start: {self.log()[-3000:]}")
 
-    def log(self) -> str:
-        """Everything it printed (its own lines, uvicorn's access log, llama.cpp's timings)."""
-        if self.log_file is None or self.log_file.closed:
-            return ""
-        fd = self.log_file.fileno()
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
-
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGINT, timeout=15)  # uvicorn stops on SIGINT
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-        if self.log_file is not None:
-            self.log_file.close()
 
 
 class RedisServer:
