@@ -59,7 +59,7 @@ def test_a_reader_of_the_previous_answer_keeps_it_whole(tmp_path):
 
     second = store.create(user, chat)
     assert os.stat(answer_file(store, user, chat)).st_ino != inode  # a new file, renamed in
-    second.write(answer_lines("second", 2), 0)
+    assert second.write(answer_lines("second", 2), 0) == 1  # the old answer's reader
     assert store.generating(user, chat)
     assert read_all(old_reader) == answer_lines("first", 5)
     second.end()

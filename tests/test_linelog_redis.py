@@ -319,6 +319,7 @@ def test_readers_on_other_hosts_are_counted(make_store, answer):
     assert next(iter(first)) == [line(0)]
     assert next(iter(second)) == [line(0)]
     assert shared.readers() == 2
+    assert shared.write([line(1)], 1) == 2  # counted in the write's round trip
     first.close()
     first.close()  # idempotent
     assert shared.readers() == 1

@@ -131,19 +131,22 @@ class AnswerLog:
             if self.ended:
                 return  # `end()` writes the rest itself
             try:
-                self._flush()
-                self._followed = self._shared.readers() > 0
+                readers = self._flush()  # counted with the write; nothing new: ask
+                self._followed = (readers if readers is not None else self._shared.readers()) > 0
             except Exception:
                 log.warning("could not write an answer's lines to the shared log", exc_info=True)
 
-    def _flush(self) -> None:
+    def _flush(self) -> int | None:
+        """Write the lines the shared log lacks; the readers it counted then (None: nothing
+        to write)."""
         with self._flush_lock:
             count = self.count
             if count <= self._flushed:
-                return
+                return None
             start = self._flushed - self.base
-            self._shared.write(self.lines[start : count - self.base], self._flushed)
+            readers = self._shared.write(self.lines[start : count - self.base], self._flushed)
             self._flushed = count
+            return readers
 
     # -- local readers --
 

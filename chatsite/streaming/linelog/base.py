@@ -56,8 +56,10 @@ class SharedLog(Protocol):
     with batches (never one call per line while lines arrive quickly).
     """
 
-    def write(self, lines: list[bytes], first: int) -> None:
-        """Append `lines`, whose first has seq `first` (the previous batch ended just before)."""
+    def write(self, lines: list[bytes], first: int) -> int:
+        """Append `lines`, whose first has seq `first` (the previous batch ended just before),
+        and return how many readers follow through the store now (as `readers()` counts
+        them, found with the write: a flush needs no second look)."""
 
     def end(self) -> None:
         """The last line has been written: the log is complete, and is kept for the keep time

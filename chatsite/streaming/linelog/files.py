@@ -49,9 +49,9 @@ class FileSharedLog:
     # The writes go to the page cache and are never synced (the file lives for minutes, a
     # crash loses it by design): inline, an append costs microseconds, where a hand-off to
     # the thread pool, per answer every FLUSH_SECONDS, cost most of the worker's time.
-    def write(self, lines: list[bytes], first: int) -> None:
+    def write(self, lines: list[bytes], first: int) -> int:
         os.write(self._fd, b"".join(lines))
-        self._store.wake_readers(self._folder, self._chat)
+        return self._store.wake_readers(self._folder, self._chat)
 
     def end(self) -> None:
         os.write(self._fd, END)
@@ -220,16 +220,14 @@ class FileLineStore:
             names = [name for name in names if holder_alive(os.path.join(folder, name))]
         return names
 
-    def wake_readers(self, folder: str, chat: str) -> None:
-        """Wake the workers whose readers follow the chat's answer."""
-        if self._coordinator is None:
-            return
-        workers = {
-            name[len(chat) + len(READER) :].rsplit(".", 1)[0]
-            for name in self.reader_markers(folder, chat)
-        }
-        for worker in workers:
-            self._coordinator.wake_worker(worker)
+    def wake_readers(self, folder: str, chat: str) -> int:
+        """Wake the workers whose readers follow the chat's answer; return how many follow."""
+        names = self.reader_markers(folder, chat, live=True)
+        if self._coordinator is not None:
+            workers = {name[len(chat) + len(READER) :].rsplit(".", 1)[0] for name in names}
+            for worker in workers:
+                self._coordinator.wake_worker(worker)
+        return len(names)
 
     # -- readers --
 

@@ -86,15 +86,18 @@ class RedisSharedLog:
         self._ended = False
         self._closed = False
 
-    def write(self, lines: list[bytes], first: int) -> None:
-        """Append the batch (and any earlier one Redis missed) in one round trip."""
+    def write(self, lines: list[bytes], first: int) -> int:
+        """Append the batch (and any earlier one Redis missed) and count the readers, in
+        one round trip."""
         self._unsent.extend(zip(range(first, first + len(lines)), lines, strict=True))
         del self._unsent[: -self._store.keep_lines]  # never more than are kept
         self._next = first + len(lines)
-        self._send()
+        sent = self._send()
+        return sent if sent is not None else self.readers()
 
-    def _send(self, end: bool = False) -> bool:
-        """Send the unsent lines (and the end mark): True once Redis has them all."""
+    def _send(self, end: bool = False) -> int | None:
+        """Send the unsent lines (and the end mark); None unless Redis has them all, else
+        the readers counted with them (0 with the end mark)."""
         store = self._store
         pipe = store.client.pipeline(transaction=False)
         for seq, line in self._unsent:
@@ -112,17 +115,18 @@ class RedisSharedLog:
             store.let_go(keys=[self.answering], args=[self.owner], client=pipe)
         else:
             pipe.pexpire(self.stream, store.stream_ms)
+            store.count_readers(keys=[self.readers_key], client=pipe)
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError:
             log.warning("could not write to %s; will send again", self.stream, exc_info=True)
-            return False
+            return None
         for result in results:
             if isinstance(result, Exception) and DUPLICATE not in str(result):
                 log.warning("could not write to %s: %s; will send again", self.stream, result)
-                return False
+                return None
         self._unsent.clear()
-        return True
+        return 0 if end else int(results[-1])
 
     def end(self) -> None:
         """Mark the end after the last line, keep the log `keep_seconds`, free the user's key."""
@@ -130,7 +134,7 @@ class RedisSharedLog:
             return
         self._ended = True
         self._store.forget(self)
-        if not self._send(end=True):
+        if self._send(end=True) is None:
             log.warning("the end of %s is not in Redis; readers see the answer lost", self.stream)
 
     def readers(self) -> int:
