@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import sys
@@ -40,7 +39,7 @@ from typing import Any
 from figures import SLOW_RATE, percentile
 from loadgen import LoadResult, Probe, run_load
 from processes import BenchError, Processes, progress
-from run import checkout, remove_checkout
+from run import checkout, clean_up
 from services import MESSAGES, Chatsite, post_json, start_upstream
 
 BEFORE_18 = "26f7955"  # main just before "Merge i18-core"
@@ -494,14 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("interrupted")
         code = 130
     finally:
-        procs.stop_all()
-        for source in (baseline_src, also_src):
-            if source.exists():
-                remove_checkout(source)
-        if args.keep_tmp or code == 1:
-            progress(f"temp dir kept: {tmpdir}")
-        else:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        clean_up(procs, tmpdir, [baseline_src, also_src], args.keep_tmp or code == 1)
     return code
 
 

@@ -111,6 +111,19 @@ def remove_checkout(where: Path) -> None:
     )
 
 
+def clean_up(procs: Processes, tmpdir: Path, checkouts: list[Path], keep: bool) -> None:
+    """Stop every child, remove the revisions checked out, and the temp dir unless `keep`
+    (a failed run keeps it too, for gunicorn.log)."""
+    procs.stop_all()
+    for source in checkouts:
+        if source.exists():
+            remove_checkout(source)
+    if keep:
+        progress(f"temp dir kept: {tmpdir}")
+    else:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -215,13 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("interrupted")
         code = 130
     finally:
-        procs.stop_all()
-        if baseline_src.exists():
-            remove_checkout(baseline_src)
-        if args.keep_tmp or code == 1:  # kept after a failure, for gunicorn.log
-            progress(f"temp dir kept: {tmpdir}")
-        else:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        clean_up(procs, tmpdir, [baseline_src], args.keep_tmp or code == 1)
     return code
 
 
