@@ -1,8 +1,10 @@
 """The upstream client's reading of a streamed body, against a scripted HTTP server.
 
-`InstanceStream.batches()` reads the body straight from urllib3 and groups the lines that
-each read completed; these tests script the exact bytes and chunk boundaries an upstream
-sends, which the development chat instance cannot do.
+`InstanceStream.batches()` groups the lines that each read of the body completed; these
+tests script the exact bytes and chunk boundaries an upstream sends, which the development
+chat instance cannot do. Each runs over both transports: urllib3 (the Flask dev server's
+threads, https instances) and geventhttpclient (a gevent worker's http instances, here on
+this thread's own gevent hub).
 """
 
 import socket
@@ -11,12 +13,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+import chatsite.llm.client
 from chatsite.llm.client import InstanceClient
 from chatsite.llm.errors import InstanceError
+from chatsite.llm.gevent_stream import GeventStreamResponse
+
+
+@pytest.fixture(autouse=True, params=["urllib3", "gevent"])
+def transport(request, monkeypatch):
+    """The way streamed POSTs go: as in a gevent worker, or as in the dev server."""
+    monkeypatch.setattr(chatsite.llm.client, "gevent_active", lambda: request.param == "gevent")
+    return request.param
 
 
 class Scripted:
-    """An HTTP server answering every POST with the next scripted body, chunk by chunk."""
+    """An HTTP server answering every POST with the next scripted body, chunk by chunk
+    (waiting, at an `Event` among the chunks, until it is set)."""
 
     def __init__(self) -> None:
         self.bodies: list[tuple[str, list[bytes]]] = []  # (framing, pieces)
@@ -39,6 +51,9 @@ class Scripted:
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
                     for piece in pieces:
+                        if isinstance(piece, threading.Event):  # until the test says so
+                            piece.wait(5)
+                            continue
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
@@ -72,11 +87,22 @@ def open_stream(scripted, pieces, framing="chunked", max_line=1024):
     return client, client.stream("/api/chat", {"model": "m", "messages": []})
 
 
+def test_each_transport_is_the_one_used(scripted, transport):
+    _, stream = open_stream(scripted, [b'{"done": true}\n'])
+    assert isinstance(stream.response, GeventStreamResponse) == (transport == "gevent")
+    assert list(stream) == [{"done": True}]
+
+
 def test_each_read_is_one_batch_whatever_the_line_boundaries(scripted):
-    pieces = [b'{"n": 1}\n{"n": 2}\n', b'{"n":', b' 3}\n{"n": 4', b'}\n{"done": true}\n']
-    _, stream = open_stream(scripted, pieces)
-    batches = [[line.get("n", "done") for line in batch] for batch in stream.batches()]
-    assert batches == [[1, 2], [3], [4, "done"]]
+    sent_3, sent_4 = threading.Event(), threading.Event()  # the server waits for the reader
+    pieces = [b'{"n": 1}\n{"n": 2}\n', sent_3, b'{"n":', b' 3}\n{"n": 4', sent_4]
+    _, stream = open_stream(scripted, [*pieces, b'}\n{"done": true}\n'])
+    batches = stream.batches()
+    assert [line["n"] for line in next(batches)] == [1, 2]
+    sent_3.set()
+    assert [line["n"] for line in next(batches)] == [3]
+    sent_4.set()
+    assert [line.get("n", "done") for line in next(batches)] == [4, "done"]
 
 
 def test_reading_stops_at_done_and_the_connection_is_reused(scripted):

@@ -33,10 +33,14 @@ from .errors import (
     InstanceError,
     reason_for_status,
 )
+from .gevent_stream import BODY_ERRORS as GEVENT_BODY_ERRORS
+from .gevent_stream import GeventStreamPool, GeventStreamResponse
 from .protocols.base import Decoder, error_text
 
 log = logging.getLogger(__name__)
 
+# What a failed read of a streamed body raises, whichever way it was sent.
+BODY_ERRORS = (urllib3.exceptions.HTTPError, *GEVENT_BODY_ERRORS)
 SETTLE_SECONDS = 1.0  # how long a finished answer's body may take to end before it is cut
 
 
@@ -113,7 +117,7 @@ class InstanceStream:
 
     def __init__(
         self,
-        response: "StreamResponse | requests.Response",
+        response: "StreamResponse | GeventStreamResponse",
         deadline: float,
         max_line: int,
         decode: Decoder = objects,
@@ -127,15 +131,14 @@ class InstanceStream:
         self.end_reason: str | None = None
         self.complete = False
         self.cancelled = False  # set from another thread or greenlet by `cancel()`
-        self._chunks: Iterator[bytes] | None = None
         self.watchdog: ReadWatchdog | None = None
 
     def watch_reads(self, read_timeout: float) -> None:
         """Under gevent: one watchdog for the body's reads instead of a timer per read."""
-        sock = getattr(getattr(self.response.raw, "connection", None), "sock", None)
+        sock = self.response.socket()
         if sock is None:
             return
-        sock.settimeout(None)  # urllib3 sets it again on the connection's next request
+        sock.settimeout(None)  # the connection's next request sets it again
         self.watchdog = ReadWatchdog(read_timeout, lambda: sock.shutdown(socket.SHUT_RDWR))
 
     def __iter__(self) -> Iterator[Any]:
@@ -149,18 +152,17 @@ class InstanceStream:
         A slow upstream's read holds one line; one that is ahead of us (or a busy worker
         that is behind) gets many per read, and a relay can then answer them with one
         write. The last batch ends with the answer's last line; a body that ends first is
-        a failure. The body is read straight from urllib3 (one chunk of the chunked
-        encoding per read, decoded if the server compressed it), without requests' wrapper.
+        a failure.
         """
         buffer = b""
         decode, sse = self.decode, self.sse
         watchdog = self.watchdog
-        self._chunks = self.response.raw.stream(None, decode_content=True)
+        chunks = self.response.chunks()
         try:
             while True:
                 if watchdog is not None:
                     watchdog.waiting_since = time.monotonic()
-                chunk = next(self._chunks, None)
+                chunk = next(chunks, None)
                 if watchdog is not None:
                     watchdog.waiting_since = None
                 if chunk is None:
@@ -192,7 +194,7 @@ class InstanceStream:
                     yield batch
                 if len(buffer) > self.max_line:
                     raise InstanceError(INVALID_ANSWER, detail="an oversized line")
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+        except BODY_ERRORS as error:
             if self.cancelled:
                 raise InstanceError(STOPPED) from None
             if watchdog is not None and watchdog.fired:
@@ -234,12 +236,38 @@ class InstanceStream:
 
         Call it once the client has its answer: a quiet instance then costs nobody a wait.
         """
-        if not (self.complete and self._read_rest(grace)):
+        if not (self.complete and self.response.settle(grace, self.max_line)):
             self.response.close()
 
-    def _read_rest(self, grace: float) -> bool:
-        """Read what follows the done line (normally just the body's end), briefly."""
-        connection = self.response.raw.connection
+
+class StreamResponse:
+    """A urllib3 response read as `GeventStreamResponse` is: what `InstanceStream` needs."""
+
+    __slots__ = ("_chunks", "raw", "status_code")
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
+        self.raw = raw
+        self.status_code = raw.status
+        self._chunks: Iterator[bytes] | None = None
+
+    def socket(self) -> socket.socket | None:
+        """The connection, for a read watchdog that may shut it down."""
+        return getattr(getattr(self.raw, "connection", None), "sock", None)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it comes: one chunk of the chunked encoding per read, decoded if the
+        server compressed it (straight from urllib3, without requests' wrapper)."""
+        self._chunks = self.raw.stream(None, decode_content=True)
+        return self._chunks
+
+    def read_body(self, limit: int) -> bytes:
+        """Up to `limit` bytes of the body (an error's text, a short answer)."""
+        return self.raw.read(limit, decode_content=True)
+
+    def settle(self, grace: float, limit: int) -> bool:
+        """Read what follows the answer's last line (normally just the body's end) for at
+        most `grace` seconds and `limit` bytes; True if the connection went back to the pool."""
+        connection = self.raw.connection
         if connection is None or self._chunks is None:
             return connection is None  # None: already read to its end and pooled
         try:
@@ -248,21 +276,11 @@ class InstanceStream:
             deadline, extra = time.monotonic() + grace, 0
             for chunk in self._chunks:
                 extra += len(chunk)
-                if extra > self.max_line or time.monotonic() > deadline:
+                if extra > limit or time.monotonic() > deadline:
                     return False
         except Exception:  # timed out or broken: this connection cannot be reused
             return False
         return True
-
-
-class StreamResponse:
-    """The streamed POST's urllib3 response, with what `requests.Response` offered it."""
-
-    __slots__ = ("raw", "status_code")
-
-    def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
-        self.raw = raw
-        self.status_code = raw.status
 
     def close(self) -> None:
         """Close the connection (as `requests.Response.close` does for an unread body)."""
@@ -309,6 +327,16 @@ class InstanceClient:
         self._url_path = urllib3.util.parse_url(self.base_url).path or ""
         self._stream_timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         self._pool_key: tuple[dict[str, Any], dict[str, Any]] | None = None
+        # Under gevent an http:// instance's streamed POSTs take geventhttpclient's pool
+        # instead (see `gevent_stream`), made on first use by the worker that uses it.
+        # A connection is taken only with a slot, and there are at most `pool_size` slots:
+        # twice that, so that a connection on its way back never makes a request wait.
+        url = urllib3.util.parse_url(self.base_url)
+        self._gevent_target = (
+            (url.host.strip("[]"), url.port or 80, url.netloc) if url.scheme == "http" else None
+        )
+        self._gevent_pool_size = 2 * pool_size
+        self._gevent_pool: GeventStreamPool | None = None
 
     def __repr__(self) -> str:  # never the key
         return f"InstanceClient({self.base_url!r})"
@@ -327,7 +355,7 @@ class InstanceClient:
         if status == 200:
             return response
         try:
-            text = self._read_error(response.raw.read(4096, decode_content=True))
+            text = self._read_error(response.read_body(4096))
         except Exception:
             text = "no error text"
         finally:
@@ -338,7 +366,7 @@ class InstanceClient:
             reason_for_status(status), status=status, retryable=retryable, detail=detail
         )
 
-    def _request(self, method: str, path: str, timeout: Any, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, timeout: Any, **kwargs: Any) -> StreamResponse:
         try:
             response = self.session.request(
                 method,
@@ -351,17 +379,20 @@ class InstanceClient:
         except requests.RequestException as error:
             reason = TOO_SLOW if isinstance(error, requests.Timeout) else UNREACHABLE
             raise InstanceError(reason, retryable=True, detail=type(error).__name__) from None
-        return self._succeeded(response)
+        return self._succeeded(StreamResponse(response.raw))
 
-    def _post_stream(self, path: str, body: bytes) -> "StreamResponse":
+    def _post_stream(self, path: str, body: bytes) -> "StreamResponse | GeventStreamResponse":
         """POST a JSON body and return the response once its head is in.
 
-        The request goes straight to urllib3's connection pool, the very pool (and TLS
+        Under gevent, to an http:// instance, through geventhttpclient (`gevent_stream`).
+        Otherwise the request goes straight to urllib3's connection pool, the very pool (and TLS
         settings) the session's adapter uses for this instance: what requests adds around
         it (building a request and a `Response`, choosing the pool, merging the session's
         settings) does nothing for these calls and cost about a tenth of a stream's start.
         Errors are named as requests names them.
         """
+        if self._gevent_target is not None and gevent_active():
+            return self._succeeded(self._gevent_stream_pool().post(self._url_path + path, body))
         url = self.base_url + path
         headers = {**self._headers, "Content-Length": str(len(body))}
         try:
@@ -398,13 +429,27 @@ class InstanceClient:
             raise InstanceError(UNREACHABLE, retryable=True, detail=type(error).__name__) from None
         return self._succeeded(StreamResponse(raw))
 
+    def _gevent_stream_pool(self) -> GeventStreamPool:
+        if self._gevent_pool is None:
+            host, port, authority = self._gevent_target
+            self._gevent_pool = GeventStreamPool(
+                host,
+                port,
+                authority,
+                self._headers,
+                connect_timeout=self.timeout[0],
+                read_timeout=self.timeout[1],
+                size=self._gevent_pool_size,
+            )
+        return self._gevent_pool
+
     def get_json(self, method: str, path: str, body: dict | None = None) -> Any:
         """Make a short, non-streamed call (a model list) and return its JSON, unchecked."""
         timeout = (self.timeout[0], min(self.timeout[1], 10.0))
         data = orjson.dumps(body) if body else None
         response = self._request(method, path, timeout, data=data, stream=True)
         try:
-            content = response.raw.read(self.max_line * 8, decode_content=True)
+            content = response.read_body(self.max_line * 8)
             return orjson.loads(content)
         except (orjson.JSONDecodeError, requests.RequestException, OSError) as error:
             raise InstanceError(INVALID_ANSWER, retryable=True, detail=error) from None
