@@ -464,6 +464,22 @@ def test_file_slots_reuse_what_this_process_released(tmp_path):
     assert len(list((tmp_path / "slots").iterdir())) == 1
 
 
+def test_a_new_process_takes_the_slot_files_that_exist_before_making_new_ones(tmp_path):
+    """After a restart, slots come from the files earlier processes made, held ones skipped."""
+    earlier = FileCoordinator(tmp_path)
+    held = [earlier.try_acquire_slot("http://gpu:11434", 5000) for _ in range(3)]
+    existing = set((tmp_path / "slots").iterdir())
+    held.pop().release()
+    held.pop().release()  # two files free, one still held by the earlier process
+
+    restarted = FileCoordinator(tmp_path)
+    taken = [restarted.try_acquire_slot("http://gpu:11434", 5000) for _ in range(2)]
+    assert all(taken)
+    assert set((tmp_path / "slots").iterdir()) == existing  # no new file for those two
+    assert restarted.try_acquire_slot("http://gpu:11434", 5000) is not None
+    assert len(list((tmp_path / "slots").iterdir())) == 4  # all three busy: a new one
+
+
 def test_redis_that_lost_its_data_gets_back_what_each_worker_holds(make_redis, raw, redis_prefix):
     """Redis restarted without persistence: the workers put back their leases and waiters,
     and nothing new is handed out before they have (the restart itself, over gunicorn, is

@@ -132,7 +132,13 @@ class FileCoordinator:
             self._capacity[instance] = capacity
         if capacity <= 0:
             return None
-        released = self._released.setdefault(instance, [])
+        released = self._released.get(instance)
+        if released is None:
+            # A new process (a restart, a recycled worker) tries the slot files that exist
+            # first, in random order: creating a file costs the filesystem far more (an
+            # inode, ~0.7 ms of CPU on ext4) than probing one that another worker holds.
+            released = self._released[instance] = self._slot_files(instance)
+            random.shuffle(released)
         while released:
             index = released.pop()
             if index < capacity and (lease := self._try_slot(instance, index)) is not None:
@@ -145,7 +151,7 @@ class FileCoordinator:
         return None
 
     def _try_slot(self, instance: str, index: int) -> Lease | None:
-        released = self._released[instance]
+        released = self._released.setdefault(instance, [])
 
         def remember() -> None:
             released.append(index)
@@ -158,6 +164,10 @@ class FileCoordinator:
         capacity = self._capacity.get(instance)
         if capacity is not None:
             return range(capacity)
+        return self._slot_files(instance)
+
+    def _slot_files(self, instance: str) -> list[int]:
+        """The indexes of the instance's slot files that exist."""
         pattern = re.compile(re.escape(instance_key(instance)) + r"\.(\d+)\.lock")
         try:
             names = os.listdir(self._slots_dir)
