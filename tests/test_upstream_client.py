@@ -15,7 +15,7 @@ import pytest
 
 import chatsite.llm.client
 from chatsite.llm.client import InstanceClient
-from chatsite.llm.errors import InstanceError
+from chatsite.llm.errors import UNREACHABLE, InstanceError
 from chatsite.llm.gevent_stream import GeventStreamResponse
 
 
@@ -45,7 +45,7 @@ class Scripted:
                 outer.connections.add(self.client_address[1])
                 self.rfile.read(int(self.headers["Content-Length"]))
                 framing, pieces = outer.bodies.pop(0)
-                self.send_response(200)
+                self.send_response(503 if framing == "error" else 200)
                 self.send_header("Content-Type", "application/x-ndjson")
                 if framing == "chunked":
                     self.send_header("Transfer-Encoding", "chunked")
@@ -181,3 +181,24 @@ def test_a_body_that_ends_before_done_is_a_failure(scripted):
     with pytest.raises(InstanceError) as error:
         next(lines)
     assert error.value.msg == "chat server ended the answer early"
+
+
+def test_an_error_status_is_an_instance_error_with_the_servers_words(scripted):
+    scripted.bodies.append(("error", [b'{"error": "out of memory"}']))
+    client = InstanceClient(scripted.url, read_timeout=5)
+    with pytest.raises(InstanceError) as error:
+        client.stream("/api/chat", {"model": "m", "messages": []})
+    assert (error.value.status, error.value.retryable) == (503, True)
+    assert "HTTP 503: out of memory" in error.value.detail
+    scripted.bodies.append(("chunked", [b'{"done": true}\n']))  # the next call goes ahead
+    assert list(client.stream("/api/chat", {"model": "m", "messages": []})) == [{"done": True}]
+
+
+def test_an_instance_that_refuses_connections_is_unreachable():
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    with pytest.raises(InstanceError) as error:
+        InstanceClient(f"http://127.0.0.1:{port}").stream("/api/chat", {"model": "m"})
+    assert (error.value.msg, error.value.retryable) == (UNREACHABLE, True)
+    assert error.value.detail.endswith("ConnectionError")
