@@ -162,7 +162,3 @@ class GeventStreamPool:
             raise InstanceError(TOO_SLOW, retryable=True, detail="ReadTimeout") from None
         except BODY_ERRORS as error:
             raise InstanceError(UNREACHABLE, retryable=True, detail=type(error).__name__) from None
-
-    def close(self) -> None:
-        """Close the idle connections."""
-        self.pool.close()
