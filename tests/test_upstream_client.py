@@ -11,6 +11,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import gevent
 import pytest
 
 import chatsite.llm.client
@@ -202,3 +203,40 @@ def test_an_instance_that_refuses_connections_is_unreachable():
         InstanceClient(f"http://127.0.0.1:{port}").stream("/api/chat", {"model": "m"})
     assert (error.value.msg, error.value.retryable) == (UNREACHABLE, True)
     assert error.value.detail.endswith("ConnectionError")
+
+
+def test_an_instance_that_stops_sending_is_cut_after_the_read_timeout(scripted, transport):
+    """gevent: the stream's one watchdog shuts the connection; urllib3: the socket's time-out."""
+    never = threading.Event()
+    scripted.bodies.append(("chunked", [b'{"n": 1}\n', never]))
+    client = InstanceClient(scripted.url, read_timeout=0.3)
+    lines = iter(client.stream("/api/chat", {"model": "m", "messages": []}))
+    try:
+        assert next(lines) == {"n": 1}
+        with pytest.raises(InstanceError) as error:
+            next(lines)
+    finally:
+        never.set()
+    assert error.value.msg == "chat server connection failed"
+    if transport == "gevent":
+        assert error.value.detail.endswith("read timed out")
+
+
+@pytest.mark.parametrize("transport", ["gevent"], indirect=True)  # a thread is not woken
+def test_a_stop_from_another_greenlet_ends_the_read_at_once(scripted):
+    """Under gevent, /stop closes the stream under its reader, which ends as stopped."""
+
+    never = threading.Event()
+    scripted.bodies.append(("chunked", [b'{"n": 1}\n', never]))
+    client = InstanceClient(scripted.url, read_timeout=30)
+    stream = client.stream("/api/chat", {"model": "m", "messages": []})
+    lines = iter(stream)
+    try:
+        assert next(lines) == {"n": 1}
+        gevent.spawn_later(0.1, lambda: (stream.cancel(), stream.close()))
+        with pytest.raises(InstanceError) as error:
+            next(lines)
+    finally:
+        never.set()
+    assert error.value.msg == "stopped"
+    assert stream.response.socket() is None  # the connection was dropped, not pooled
