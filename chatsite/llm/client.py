@@ -36,6 +36,7 @@ from .errors import (
 from .gevent_stream import BODY_ERRORS as GEVENT_BODY_ERRORS
 from .gevent_stream import GeventStreamPool, GeventStreamResponse
 from .protocols.base import Decoder, error_text
+from .settle import body_ends_within
 
 log = logging.getLogger(__name__)
 
@@ -270,17 +271,7 @@ class StreamResponse:
         connection = self.raw.connection
         if connection is None or self._chunks is None:
             return connection is None  # None: already read to its end and pooled
-        try:
-            if connection.sock is not None:
-                connection.sock.settimeout(grace)  # the pool sets its own on the next request
-            deadline, extra = time.monotonic() + grace, 0
-            for chunk in self._chunks:
-                extra += len(chunk)
-                if extra > limit or time.monotonic() > deadline:
-                    return False
-        except Exception:  # timed out or broken: this connection cannot be reused
-            return False
-        return True
+        return body_ends_within(connection.sock, self._chunks, grace, limit)
 
     def close(self) -> None:
         """Close the connection (as `requests.Response.close` does for an unread body)."""

@@ -14,13 +14,13 @@ server's threads keep urllib3 too: this pool is for one gevent hub.
 
 import contextlib
 import socket
-import time
 from collections.abc import Iterator
 
 from geventhttpclient.connectionpool import ConnectionPool
 from geventhttpclient.response import HTTPParseError, HTTPSocketPoolResponse
 
 from .errors import TOO_SLOW, UNREACHABLE, InstanceError
+from .settle import body_ends_within
 
 READ_SIZE = 65536  # one read takes whatever the instance has sent, many lines if it is ahead
 
@@ -87,16 +87,7 @@ class GeventStreamResponse(HTTPSocketPoolResponse):
         sock = self._sock
         if sock is None:
             return False
-        deadline, extra = time.monotonic() + grace, 0
-        try:
-            sock.settimeout(grace)  # the next request sets its own
-            for chunk in self.chunks():
-                extra += len(chunk)
-                if extra > limit or time.monotonic() > deadline:
-                    return False
-        except Exception:  # timed out or broken: this connection cannot be reused
-            return False
-        return True
+        return body_ends_within(sock, self.chunks(), grace, limit)
 
     def close(self) -> None:
         """Drop the connection (the instance stops generating); wakes a greenlet reading it."""
